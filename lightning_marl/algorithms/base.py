@@ -1,0 +1,249 @@
+"""The base LightningModule of every offline MARL method.
+
+A method subclass writes only ``build`` (its networks), ``parameter_groups`` (which networks
+each loss trains), ``losses`` (the equations of METHODS.md) and ``act`` (decentralised
+execution). The base class owns everything else: optimisers, one backward per step of the sum
+of losses that touch disjoint parameter groups, per-group gradient clipping, Polyak updates of
+the declared target networks (one fused call), the method's own iteration counter, NaN checks,
+plugin hook calls, logging every N steps and checkpoint state.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from lightning_marl.config import AlgorithmConfig
+from lightning_marl.data import schema
+from lightning_marl.data.schema import TaskSpec
+from lightning_marl.errors import ConfigError, PluginError, TrainingError
+from lightning_marl.nets.target import polyak_update
+from lightning_marl.plugin import ALWAYS_CALLED, Plugin
+
+CONTINUOUS, DISCRETE = "continuous", "discrete"
+
+
+class OfflineMARLModule(L.LightningModule):
+    """Base class of methods: subclasses implement build, parameter_groups, losses and act.
+
+    Example:
+        >>> from lightning_marl.algorithms.bc import BC
+        >>> spec = TaskSpec(n_agents=2, obs_dim=3, state_dim=6, discrete=False, action_dim=2)
+        >>> module = BC.from_spec(spec, hidden=[8, 8])
+        >>> module.act(torch.zeros(5, 2, 3)).shape
+        torch.Size([5, 2, 2])
+    """
+
+    config_class = AlgorithmConfig
+    supports: tuple[str, ...] = (CONTINUOUS, DISCRETE)
+    hooks: tuple[str, ...] = ()
+
+    def __init__(self, spec: TaskSpec, config: AlgorithmConfig, plugins: list[Plugin] = (), log_every: int = 100):
+        super().__init__()
+        self.automatic_optimization = False
+        self.spec = spec
+        self.config = config
+        self.plugins = list(plugins)
+        self.log_every = log_every
+        self.iteration = 0
+        self._target_pairs: list[tuple[nn.Module, nn.Module]] = []
+        self._standalone_optimizers = None
+        self._last_log_time = None
+        self._last_log_iteration = 0
+        self._check_support()
+        self.build()
+        self._check_plugins()
+
+    # ---- what a method writes -------------------------------------------------------------
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def parameter_groups(self) -> dict[str, list[nn.Module]]:
+        """Loss name -> the networks that loss trains (disjoint sets; one optimiser each)."""
+        raise NotImplementedError
+
+    def losses(self, batch) -> dict[str, torch.Tensor]:
+        """One scalar loss per parameter group, all from one batch."""
+        raise NotImplementedError
+
+    def act(self, observation: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Decentralised actions: [..., N, O] -> [..., N, A] in [-1, 1], or indices [..., N]."""
+        raise NotImplementedError
+
+    def learning_rates(self) -> dict[str, float]:
+        """Per-group learning rates; defaults to ``config.lr`` for every group."""
+        return {}
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec: TaskSpec, plugins: list[Plugin] = (), log_every: int = 100, **overrides):
+        """Build a method for a task with its default hyper-parameters, some overridden."""
+        fields = OmegaConf.structured(cls.config_class)
+        config = OmegaConf.to_object(OmegaConf.merge(fields, overrides))
+        return cls(spec, config, plugins=plugins, log_every=log_every)
+
+    def _check_support(self) -> None:
+        kind = DISCRETE if self.spec.discrete else CONTINUOUS
+        if kind not in self.supports:
+            raise ConfigError(
+                f"{type(self).__name__} does not support {kind} actions (it supports "
+                f"{', '.join(self.supports)}); choose another algorithm for this dataset"
+            )
+
+    def _check_plugins(self) -> None:
+        for plugin in self.plugins:
+            unused = [h for h in plugin.implemented_hooks() if h not in ALWAYS_CALLED and h not in self.hooks]
+            if unused:
+                raise PluginError(
+                    f"plugin {getattr(plugin, '_registry_name', type(plugin).__name__)!r} implements "
+                    f"{', '.join(unused)}, which the method {type(self).__name__} never calls (it calls "
+                    f"{', '.join(self.hooks) or 'no hooks'}); remove the plugin or choose a method that uses it"
+                )
+
+    def add_target(self, online: nn.Module) -> nn.Module:
+        """A frozen copy of ``online`` that ``update_targets`` moves toward it (Polyak, tau)."""
+        target = copy.deepcopy(online)
+        target.requires_grad_(False)
+        self._target_pairs.append((online, target))
+        return target
+
+    # ---- plugin hooks ---------------------------------------------------------------------
+    def plugins_with(self, hook: str) -> list[Plugin]:
+        """The configured plugins that implement ``hook``, in configured order."""
+        return [plugin for plugin in self.plugins if hook in plugin.implemented_hooks()]
+
+    def augment_batch(self, batch):
+        """The batch after every plugin's ``augment_batch`` (called before the losses)."""
+        for plugin in self.plugins_with("augment_batch"):
+            batch = plugin.augment_batch(batch, self)
+        return batch
+
+    def critic_target(self, batch, target: torch.Tensor) -> torch.Tensor:
+        """The TD target after every plugin's ``critic_target`` (methods call this)."""
+        for plugin in self.plugins_with("critic_target"):
+            target = plugin.critic_target(batch, target, self)
+        return target
+
+    # ---- training -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        return self._make_optimizers()
+
+    def _make_optimizers(self):
+        rates = self.learning_rates()
+        return [
+            torch.optim.Adam(self._group_params(name), lr=rates.get(name, self.config.lr))
+            for name in self.parameter_groups()
+        ]
+
+    def _group_params(self, name: str) -> list[torch.Tensor]:
+        return [p for net in self.parameter_groups()[name] for p in net.parameters()]
+
+    def _optimizers(self):
+        if self._trainer is not None:
+            optimizers = self.optimizers()
+            return optimizers if isinstance(optimizers, list) else [optimizers]
+        if self._standalone_optimizers is None:
+            self._standalone_optimizers = self._make_optimizers()
+        return self._standalone_optimizers
+
+    def train_step(self, batch) -> dict[str, torch.Tensor]:
+        """One training iteration: losses, one backward, clip, step every optimiser, targets.
+
+        Works inside a Trainer and standalone (tests, benchmarks). Returns the losses (detached)
+        and the gradient norms before clipping.
+        """
+        batch = self.augment_batch(batch)
+        losses = self.losses(batch)
+        groups = list(self.parameter_groups())
+        if set(losses) != set(groups):
+            raise TrainingError(f"{type(self).__name__}.losses returned {sorted(losses)}, expected {sorted(groups)}")
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            bad = [name for name, value in losses.items() if not torch.isfinite(value)]
+            raise TrainingError(
+                f"non-finite loss {', '.join(bad)} at iteration {self.iteration}; nothing was updated. "
+                "Lower the learning rate or check the dataset for extreme values (dataset verify)."
+            )
+        optimizers = self._optimizers()
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        if self._trainer is not None:
+            self.manual_backward(total)
+        else:
+            total.backward()
+        stats = {}
+        for name, optimizer in zip(groups, optimizers):
+            stats[f"grad_norm/{name}"] = torch.nn.utils.clip_grad_norm_(
+                self._group_params(name), self.config.grad_clip, foreach=True
+            )
+            optimizer.step()
+        self.update_targets()
+        self.iteration += 1
+        stats.update({f"loss/{name}": value.detach() for name, value in losses.items()})
+        return stats
+
+    def update_targets(self) -> None:
+        if not self._target_pairs:
+            return
+        if not hasattr(self, "_target_lists"):
+            self._target_lists = (
+                [p for _, t in self._target_pairs for p in t.parameters()],
+                [p for o, _ in self._target_pairs for p in o.parameters()],
+            )
+        polyak_update(*self._target_lists, self.config.tau)
+
+    def training_step(self, batch, batch_idx):
+        stats = self.train_step(batch)
+        if self.iteration % self.log_every == 0:
+            self._log_stats(stats)
+
+    def _log_stats(self, stats: dict) -> None:
+        now = time.perf_counter()
+        metrics = {name: float(value) for name, value in stats.items()}
+        if self._last_log_time is not None:
+            steps = self.iteration - self._last_log_iteration
+            metrics["grad_steps_per_s"] = steps / max(now - self._last_log_time, 1e-9)
+        self._last_log_time, self._last_log_iteration = now, self.iteration
+        metrics["iteration"] = self.iteration
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.iteration)
+        self.log_dict(
+            {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("loss/")},
+            prog_bar=True, logger=False, on_step=True, batch_size=1,
+        )
+
+    # ---- state ----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.setdefault("lightning_marl", {})
+        state["iteration"] = self.iteration
+        state["spec"] = self.spec.to_dict()
+        state["algorithm"] = getattr(type(self), "_registry_name", type(self).__name__)
+        state["plugins"] = [plugin.state_dict() for plugin in self.plugins]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("lightning_marl", {})
+        self.iteration = int(state.get("iteration", 0))
+        for plugin, plugin_state in zip(self.plugins, state.get("plugins", [])):
+            plugin.load_state_dict(plugin_state)
+
+    # ---- helpers shared by methods --------------------------------------------------------
+    def mixer_state(self, batch, next: bool = False) -> torch.Tensor:
+        """The mixer's input: concatenated per-agent states when the data has them, else state."""
+        if self.spec.agent_state_dim:
+            value = batch.get(schema.NEXT_AGENT_STATE if next else schema.AGENT_STATE)
+            return value.flatten(-2)
+        return batch.get(schema.NEXT_STATE if next else schema.STATE)
+
+    def not_terminated(self, batch) -> torch.Tensor:
+        """1 - terminated, [B, 1] (truncation keeps bootstrapping)."""
+        return 1.0 - batch.get(schema.TERMINATED).to(torch.float32)
+
+    def action_mask(self, batch, next: bool = False):
+        if not self.spec.discrete:
+            return None
+        return batch.get(schema.NEXT_ACTION_MASK if next else schema.ACTION_MASK)

@@ -1,0 +1,1 @@
+"""Readers of other projects' dataset formats (registered under the kind "importer")."""

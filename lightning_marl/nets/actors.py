@@ -1,0 +1,97 @@
+"""Decentralised actors: each agent sees only its own observation (plus its id)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_marl.nets.agents import AgentMLP
+
+ACTION_CLAMP = 1.0 - 1e-7
+MEAN_CLAMP = 9.0
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class TanhGaussianActor(nn.Module):
+    """Tanh-squashed Gaussian policy shared by agents (agent id appended).
+
+    Actions live in [-1, 1]. ``log_prob`` follows METHODS.md §1: the action is clamped to
+    ±(1 − 1e-7) in float32 before atanh, the mean to [−9, 9], the log-std to [−5, 2].
+
+    Example:
+        >>> actor = TanhGaussianActor(obs_dim=3, action_dim=2, n_agents=2, hidden=(8, 8))
+        >>> actor.log_prob(torch.zeros(5, 2, 3), torch.zeros(5, 2, 2)).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, n_agents: int, hidden=(256, 256)):
+        super().__init__()
+        *trunk_hidden, width = hidden
+        self.trunk = AgentMLP(obs_dim, width, n_agents, trunk_hidden, activate_last_layer=True)
+        self.mean = nn.Linear(width, action_dim)
+        self.log_std = nn.Linear(width, action_dim)
+
+    def forward(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clamped mean and log-std of the pre-tanh Gaussian, each [..., N, A]."""
+        h = self.trunk(observation)
+        mean = self.mean(h).clamp(-MEAN_CLAMP, MEAN_CLAMP)
+        log_std = self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return mean, log_std
+
+    def log_prob(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """log pi_i(a_i | o_i) for dataset actions in [-1, 1]: [..., N, A] -> [..., N]."""
+        mean, log_std = self(observation)
+        # float32 on purpose: in bfloat16 the clamp bound rounds to 1 and atanh gives inf.
+        mean, log_std = mean.float(), log_std.float()
+        u = torch.atanh(action.float().clamp(-ACTION_CLAMP, ACTION_CLAMP))
+        gaussian = -((u - mean) ** 2) / (2 * torch.exp(2 * log_std)) - log_std - 0.5 * math.log(2 * math.pi)
+        squash = 2 * (math.log(2) - u - F.softplus(-2 * u))
+        return (gaussian - squash).sum(-1)
+
+    def act(self, observation: torch.Tensor, mask=None, deterministic: bool = True,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        """Actions in [-1, 1]: tanh of the clamped mean, or a sample when not deterministic."""
+        mean, log_std = self(observation)
+        if deterministic:
+            return torch.tanh(mean)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return torch.tanh(mean + log_std.exp() * noise)
+
+
+class CategoricalActor(nn.Module):
+    """Categorical policy over discrete actions, unavailable actions masked to −inf.
+
+    Example:
+        >>> actor = CategoricalActor(obs_dim=3, n_actions=4, n_agents=2, hidden=(8, 8))
+        >>> mask = torch.tensor([[True, False, True, True]] * 2).expand(5, 2, 4)
+        >>> actor.act(torch.zeros(5, 2, 3), mask).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, n_agents: int, hidden=(256, 256)):
+        super().__init__()
+        self.logits_net = AgentMLP(obs_dim, n_actions, n_agents, hidden)
+
+    def forward(self, observation: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [..., N, K], −inf where ``mask`` is False."""
+        logits = self.logits_net(observation)
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        return logits
+
+    def log_prob(self, observation, action, mask=None) -> torch.Tensor:
+        """log pi_i(a_i | o_i) for action indices [..., N] -> [..., N]."""
+        logits = self(observation, mask).float()
+        return torch.log_softmax(logits, -1).gather(-1, action.unsqueeze(-1)).squeeze(-1)
+
+    def act(self, observation, mask=None, deterministic: bool = True, generator=None) -> torch.Tensor:
+        """Greedy (or sampled) available action indices [..., N]."""
+        logits = self(observation, mask)
+        if deterministic:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float(), -1)
+        flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+        return flat.reshape(probs.shape[:-1])

@@ -1,0 +1,89 @@
+"""The Plugin base class: components that methods call at fixed points of training.
+
+A plugin implements any of the hooks below; each does nothing by default. A method declares
+which hooks it calls (``Method.hooks``); configuring a plugin that implements a hook the method
+does not call fails at start-up with a PluginError naming both. ``setup``, ``pretrain`` and the
+state hooks are always called.
+
+Hook signatures (the public API every plugin builds on):
+
+=====================================================  ========================================
+hook                                                   called / returns
+=====================================================  ========================================
+``setup(module, datamodule)``                          once before training / None
+``pretrain(datamodule, module)``                       once before training, on every rank with
+                                                       the same seed and data / None
+``augment_batch(batch, module)``                       every step before the losses / a batch
+                                                       of the same size
+``actor_regulariser(batch, actions, module, agent)``   in the actor update / a score [B, N, A]
+``critic_target(batch, target, module)``               in the critic loss / a new target [B, 1]
+``explore(td, module)``                                in online collection only / actions
+``state_dict()`` / ``load_state_dict(state)``          with checkpoints (tensors and plain data)
+=====================================================  ========================================
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> from lightning_marl.registry import register
+    >>> @register("plugin", "scaled_target")
+    ... class ScaledTarget(Plugin):
+    ...     '''Scales the critic's TD target (a toy).'''
+    ...     @dataclass
+    ...     class Params:
+    ...         scale: float = 1.0
+    ...     def critic_target(self, batch, target, module):
+    ...         return self.params.scale * target
+    >>> ScaledTarget(ScaledTarget.Params(scale=0.5)).implemented_hooks()
+    ('critic_target',)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HOOKS = ("setup", "pretrain", "augment_batch", "actor_regulariser", "critic_target", "explore")
+ALWAYS_CALLED = ("setup", "pretrain")
+
+
+class Plugin:
+    """Base class of plugins. Subclasses set ``Params`` (a dataclass) and override hooks."""
+
+    @dataclass
+    class Params:
+        pass
+
+    def __init__(self, params=None):
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def implemented_hooks(cls) -> tuple[str, ...]:
+        """The hooks this plugin overrides."""
+        return tuple(hook for hook in HOOKS if getattr(cls, hook) is not getattr(Plugin, hook))
+
+    def setup(self, module, datamodule) -> None:
+        """Called once before training (and before ``pretrain``)."""
+
+    def pretrain(self, datamodule, module) -> None:
+        """Called once before training on every rank; fit models from the data here."""
+
+    def augment_batch(self, batch, module):
+        """Return a batch of the same size mixing real and synthetic rows."""
+        return batch
+
+    def actor_regulariser(self, batch, actions, module, agent=None):
+        """Return the direction [B, N, A] the regulariser wants each action to move."""
+        raise NotImplementedError
+
+    def critic_target(self, batch, target, module):
+        """Return a new TD target [B, 1] given the method's target."""
+        return target
+
+    def explore(self, td, module):
+        """Return the actions to execute during online collection."""
+        return td
+
+    def state_dict(self) -> dict:
+        """Plugin state saved with checkpoints: tensors and plain Python data only."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
