@@ -51,6 +51,10 @@ class OfflineMARLModule(L.LightningModule):
         self.plugins = list(plugins)
         self.log_every = log_every
         self.iteration = 0
+        # The run config as YAML text (stored in checkpoints); the runner replaces it with the whole run's.
+        self.config_yaml = OmegaConf.to_yaml({"algorithm": OmegaConf.structured(config)})
+        self.dataset_info: dict = {}
+        self.last_stats: dict[str, float] = {}
         self._target_pairs: list[tuple[nn.Module, nn.Module]] = []
         self._standalone_optimizers = None
         self._last_log_time = None
@@ -74,6 +78,14 @@ class OfflineMARLModule(L.LightningModule):
     def act(self, observation: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Decentralised actions: [..., N, O] -> [..., N, A] in [-1, 1], or indices [..., N]."""
         raise NotImplementedError
+
+    def policy_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of what decentralised execution needs (saved in policy.pt)."""
+        return ("actor.", "obs_")
+
+    @property
+    def registry_name(self) -> str:
+        return getattr(type(self), "_registry_name", type(self).__name__)
 
     def learning_rates(self) -> dict[str, float]:
         """Per-group learning rates; defaults to ``config.lr`` for every group."""
@@ -197,14 +209,28 @@ class OfflineMARLModule(L.LightningModule):
             )
         polyak_update(*self._target_lists, self.config.tau)
 
+    def on_train_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        for plugin in self.plugins:
+            plugin.setup(self, datamodule)
+        for plugin in self.plugins:
+            plugin.pretrain(datamodule, self)
+        if self.iteration >= self.config.steps:
+            self.trainer.should_stop = True
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.iteration >= self.config.steps:
+            self.trainer.should_stop = True
+
     def training_step(self, batch, batch_idx):
         stats = self.train_step(batch)
-        if self.iteration % self.log_every == 0:
+        if self.iteration % self.log_every == 0 or self.iteration == self.config.steps:
             self._log_stats(stats)
 
     def _log_stats(self, stats: dict) -> None:
         now = time.perf_counter()
         metrics = {name: float(value) for name, value in stats.items()}
+        self.last_stats = dict(metrics)
         if self._last_log_time is not None:
             steps = self.iteration - self._last_log_iteration
             metrics["grad_steps_per_s"] = steps / max(now - self._last_log_time, 1e-9)
@@ -222,7 +248,9 @@ class OfflineMARLModule(L.LightningModule):
         state = checkpoint.setdefault("lightning_marl", {})
         state["iteration"] = self.iteration
         state["spec"] = self.spec.to_dict()
-        state["algorithm"] = getattr(type(self), "_registry_name", type(self).__name__)
+        state["algorithm"] = self.registry_name
+        state["config_yaml"] = self.config_yaml
+        state["dataset"] = self.dataset_info
         state["plugins"] = [plugin.state_dict() for plugin in self.plugins]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

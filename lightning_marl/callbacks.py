@@ -1,0 +1,142 @@
+"""Lightning callbacks of a run: iteration-based checkpoints and periodic evaluation."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+from lightning_marl.data.dataset import normalised_score
+from lightning_marl.envs import make_env, rollout_returns
+from lightning_marl.utils import atomic_write_json
+
+
+class IterationCheckpoint(L.Callback):
+    """Saves ``checkpoints/last.ckpt`` every ``every`` method iterations and at the end.
+
+    The file is written under a temporary name and renamed, so a crash mid-write leaves the
+    previous checkpoint intact.
+    """
+
+    def __init__(self, dirpath, every: int):
+        self.dirpath = Path(dirpath)
+        self.every = every
+
+    @property
+    def last(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def save(self, trainer: L.Trainer) -> None:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        tmp = self.dirpath / f".last.ckpt.tmp-{os.getpid()}"
+        trainer.save_checkpoint(tmp, weights_only=False)  # writes on rank 0, then a barrier
+        if trainer.is_global_zero:
+            os.replace(tmp, self.last)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if module.iteration % self.every == 0:
+            self.save(trainer)
+
+    def on_train_end(self, trainer, module) -> None:
+        self.save(trainer)
+
+
+class EvaluationCallback(L.Callback):
+    """Decentralised rollouts of the current actors every ``every`` iterations and at the end.
+
+    Runs on rank 0 only; writes ``eval.json`` (final, best and history) into the run directory.
+    Also measures training throughput (grad-steps/s, evaluation time excluded).
+    """
+
+    def __init__(self, run_dir, env_cfg=None, episodes: int = 32, every: int = 0, seed: int = 0,
+                 reference_returns: dict | None = None):
+        self.run_dir = Path(run_dir)
+        self.env_cfg = env_cfg
+        self.episodes = episodes
+        self.every = every
+        self.seed = seed
+        self.reference_returns = reference_returns or {}
+        self.env = None
+        self.history: list[dict] = []
+        self._eval_seconds = 0.0
+        self._start = None
+
+    def on_train_start(self, trainer, module) -> None:
+        self._start = (time.perf_counter(), module.iteration)
+        if trainer.is_global_zero and self.env_cfg is not None:
+            cfg = self.env_cfg
+            self.env = make_env(cfg.name, cfg.task, num_envs=cfg.num_envs, seed=self.seed,
+                                max_steps=cfg.max_steps, **dict(cfg.params))
+
+    def evaluate(self, module) -> dict:
+        from lightning_marl.policy import Policy
+
+        began = time.perf_counter()
+        was_training = module.training
+        policy = Policy(module)
+        result = rollout_returns(self.env, policy.act, self.episodes, seed=self.seed)
+        module.train(was_training)
+        self._eval_seconds += time.perf_counter() - began
+        entry = {
+            "iteration": module.iteration,
+            "return_mean": result["mean"],
+            "return_std": result["std"],
+            "episodes": result["episodes"],
+            "normalised_score": normalised_score(result["mean"], self.reference_returns),
+            "win_rate": result.get("win_rate"),
+        }
+        self.history.append(entry)
+        if module.logger is not None:
+            metrics = {f"eval/{k}": v for k, v in entry.items() if isinstance(v, (int, float)) and k != "iteration"}
+            module.logger.log_metrics(metrics, step=module.iteration)
+        return entry
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.env is not None and self.every and module.iteration % self.every == 0:
+            self.evaluate(module)
+
+    def on_train_end(self, trainer, module) -> None:
+        if not trainer.is_global_zero:
+            return
+        if self.env is not None and (not self.history or self.history[-1]["iteration"] != module.iteration):
+            self.evaluate(module)
+        seconds = time.perf_counter() - self._start[0] - self._eval_seconds
+        steps = module.iteration - self._start[1]
+        summary = {
+            "iteration": module.iteration,
+            "grad_steps_per_s": steps / seconds if seconds > 0 and steps else None,
+            "train_seconds": seconds,
+            "final": self.history[-1] if self.history else None,
+            "best": max(self.history, key=lambda e: e["return_mean"]) if self.history else None,
+            "history": self.history,
+            "offline_metrics": module.last_stats,
+            "protocol": f"final and best policy, {self.episodes} evaluation episodes, seed {self.seed}",
+        }
+        atomic_write_json(self.run_dir / "eval.json", summary)
+        if self.env is not None:
+            self.env.close()
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+
+class IterationProgressBar(TQDMProgressBar):
+    """A progress bar over the method's iterations (not Lightning's optimizer steps or epochs)."""
+
+    def __init__(self, refresh_every: int = 50):
+        super().__init__(refresh_rate=refresh_every)
+        self.refresh_every = refresh_every
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        super().on_train_epoch_start(trainer, module)
+        self.train_progress_bar.reset(total=module.config.steps)
+        self.train_progress_bar.initial = module.iteration
+        self.train_progress_bar.set_description("training")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if module.iteration % self.refresh_every == 0 or module.iteration >= module.config.steps:
+            self.train_progress_bar.n = module.iteration
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, module))
+            self.train_progress_bar.refresh()

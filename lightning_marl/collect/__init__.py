@@ -1,0 +1,1 @@
+"""Behaviour policies and dataset collection."""
