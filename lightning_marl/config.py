@@ -148,14 +148,18 @@ def _load_yaml(path: Path) -> DictConfig:
     return loaded
 
 
-def _parse_overrides(overrides: list[str]) -> DictConfig:
+def _apply_overrides(user: DictConfig, overrides: list[str]) -> DictConfig:
+    """Apply ``key.sub=value`` overrides in order; list items by index (``plugins.0.params.beta``)."""
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} is not of the form key.sub=value (e.g. algorithm.alpha=1.0)")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"cannot parse overrides {overrides}: {error}") from None
+        key, text = item.split("=", 1)
+        try:
+            value = OmegaConf.from_dotlist([f"value={text}"])["value"]
+            OmegaConf.update(user, key, value, merge=True, force_add=True)
+        except (OmegaConfBaseException, IndexError, ValueError) as error:
+            raise ConfigError(f"cannot apply override {item!r}: {_first_line(error)}") from None
+    return user
 
 
 def algorithm_config_class(name: str):
@@ -172,7 +176,7 @@ def load_config(config: str | Path | None, overrides: list[str] = (), base: Dict
     user = OmegaConf.create({}) if base is None else base
     if config is not None:
         user = OmegaConf.merge(user, _load_yaml(find_config(str(config))))
-    user = OmegaConf.merge(user, _parse_overrides(list(overrides)))
+    user = _apply_overrides(user, list(overrides))
     raw = OmegaConf.to_container(user, resolve=False)
     if not isinstance(raw, dict):
         raise ConfigError("a config must be a mapping of sections")
@@ -219,10 +223,16 @@ def _check_keys(raw: dict, cls, prefix: str, overrides: dict) -> None:
                 f"unknown config key {full!r}.{hint} Valid keys{' in ' + prefix[:-1] if prefix else ''}: "
                 f"{', '.join(valid)}"
             )
-        sub = overrides.get(key) or _dataclass_of(hints[key])
+        is_list = typing.get_origin(hints[key]) in (list, List)
+        sub = overrides.get(key) or (None if is_list else _dataclass_of(hints[key]))
         if sub is not None and isinstance(value, dict):
             _check_keys(value, sub, full + ".", {})
-        elif typing.get_origin(hints[key]) in (list, List) and isinstance(value, list):
+        elif is_list and isinstance(value, dict):
+            raise ConfigError(
+                f"{full} is a list; {', '.join(f'{full}.{k}' for k in value)} names an item it does not "
+                f"have. Give the whole list, e.g. {full}=[{{name: ...}}], or index an existing item"
+            )
+        elif is_list and isinstance(value, list):
             item_cls = _dataclass_of(typing.get_args(hints[key])[0])
             for index, item in enumerate(value):
                 if item_cls is not None and isinstance(item, dict):
