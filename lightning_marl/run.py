@@ -54,12 +54,16 @@ def resolve_run_dir(cfg, dataset: Dataset) -> Path:
     """``run_dir``, else runs/<algorithm>-<task>-<timestamp>; DDP ranks agree through the environment."""
     if cfg.run_dir:
         return Path(cfg.run_dir)
-    if os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])
+    if not _is_launching_process() and os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])  # a DDP rank started by rank 0's launcher
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path("runs") / f"{cfg.algorithm.name}-{_task_name(cfg, dataset)}-{stamp}"
     os.environ[RUN_DIR_ENV] = str(path.resolve())
     return path
+
+
+def _is_launching_process() -> bool:
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
 
 
 def resolve_resume(cfg):
@@ -103,8 +107,7 @@ def fit(cfg, datamodule_class=OfflineDataModule, extra_callbacks=()) -> dict:
     }
     module.config_yaml, module.dataset_info = config_yaml, dataset_info
     run_dir.mkdir(parents=True, exist_ok=True)
-    is_rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
-    if is_rank_zero:
+    if _is_launching_process():
         atomic_write_text(run_dir / "config.yaml", config_yaml)
         atomic_write_json(run_dir / "dataset.json", dataset_info)
 

@@ -230,11 +230,11 @@ class OfflineMARLModule(L.LightningModule):
     def _log_stats(self, stats: dict) -> None:
         now = time.perf_counter()
         metrics = {name: float(value) for name, value in stats.items()}
-        self.last_stats = dict(metrics)
         if self._last_log_time is not None:
             steps = self.iteration - self._last_log_iteration
             metrics["grad_steps_per_s"] = steps / max(now - self._last_log_time, 1e-9)
         self._last_log_time, self._last_log_iteration = now, self.iteration
+        self.last_stats = dict(metrics)
         metrics["iteration"] = self.iteration
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.iteration)

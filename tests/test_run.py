@@ -1,0 +1,121 @@
+"""fit end to end in-process: run directory contents, resume equivalence, determinism, policies."""
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_marl import load_policy
+from lightning_marl.config import load_config
+from lightning_marl.errors import ConfigError
+from lightning_marl.run import evaluate, fit
+
+
+def _cfg(dataset, run_dir, *extra):
+    return load_config(None, [
+        "algorithm.name=omiga", "algorithm.alpha=1.0", "algorithm.steps=20", "algorithm.batch_size=32",
+        "algorithm.hidden=[16,16]", "algorithm.mixer_hidden=8", f"data.path={dataset.path}",
+        "env.name=matrix", "env.task=climbing", "env.num_envs=4", "eval.episodes=8", "eval.every=10",
+        f"run_dir={run_dir}", "progress=false", "log_every=5", "checkpoint_every=10", *extra,
+    ])
+
+
+class CrashAt(L.Callback):
+    """Stands in for a killed process: dies right after the checkpoint at ``iteration``."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if module.iteration == self.iteration:
+            raise RuntimeError("killed (simulated)")
+
+
+def _checkpoint(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def test_fit_writes_a_complete_run_directory(tmp_path, climbing_dataset):
+    summary = fit(_cfg(climbing_dataset, tmp_path / "run"))
+    run = tmp_path / "run"
+    for name in ("config.yaml", "eval.json", "policy.pt", "dataset.json", "checkpoints/last.ckpt"):
+        assert (run / name).exists(), name
+    assert list((run / "logs").glob("events.out.tfevents.*"))
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert [e["iteration"] for e in evaluation["history"]] == [10, 20]
+    assert evaluation["final"]["episodes"] == 8
+    # a deterministic greedy policy in a one-step game: every episode has one of the 9 payoffs
+    assert evaluation["final"]["return_std"] == 0.0
+    assert evaluation["final"]["return_mean"] in {11, -30, 0, 7, 6, 5}
+    expected_score = 100 * (evaluation["final"]["return_mean"] + 48 / 9) / (11 + 48 / 9)
+    assert evaluation["final"]["normalised_score"] == pytest.approx(expected_score)
+    assert summary["iteration"] == 20 and summary["grad_steps_per_s"] > 0
+    dataset_ref = json.loads((run / "dataset.json").read_text())
+    assert dataset_ref["checksum"] == climbing_dataset.checksum
+
+    checkpoint = _checkpoint(run)  # loads without unpickling code
+    state = checkpoint["lightning_marl"]
+    assert state["iteration"] == 20 and "alpha: 1.0" in state["config_yaml"]
+    assert state["dataset"]["reference_returns"]["expert"] == 11.0
+
+    policy = load_policy(run)
+    from_ckpt = load_policy(run / "checkpoints" / "last.ckpt")
+    obs, mask = torch.zeros(2, 1), torch.ones(2, 3, dtype=torch.bool)
+    assert torch.equal(policy.act(obs, mask), from_ckpt.act(obs, mask))
+    assert policy.act(obs, mask).shape == (2,)
+
+    result = evaluate(run / "checkpoints" / "last.ckpt", ["eval.episodes=4"])
+    assert result["episodes"] == 4 and result["return_mean"] == evaluation["final"]["return_mean"]
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, climbing_dataset):
+    full = tmp_path / "full"
+    fit(_cfg(climbing_dataset, full, "eval.every=0"))
+    broken = tmp_path / "broken"
+    with pytest.raises(RuntimeError, match="simulated"):
+        fit(_cfg(climbing_dataset, broken, "eval.every=0"), extra_callbacks=[CrashAt(10)])
+    assert _checkpoint(broken)["lightning_marl"]["iteration"] == 10
+    fit(_cfg(climbing_dataset, broken, "eval.every=0", f"resume={broken}"))
+
+    a, b = _checkpoint(full), _checkpoint(broken)
+    assert b["lightning_marl"]["iteration"] == 20
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"]):
+        for (_, sa), (_, sb) in zip(sorted(opt_a["state"].items()), sorted(opt_b["state"].items())):
+            assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["step"], sb["step"])
+
+
+def test_deterministic_runs_are_bit_identical(tmp_path, continuous_dataset):
+    def run(name):
+        cfg = load_config(None, [
+            "algorithm.name=omiga", "algorithm.steps=15", "algorithm.batch_size=16", "algorithm.hidden=[16,16]",
+            f"data.path={continuous_dataset.path}", f"run_dir={tmp_path / name}", "progress=false",
+            "deterministic=true", "seed=7",
+        ])
+        return fit(cfg)["module"].state_dict()
+
+    first, second = run("a"), run("b")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_fit_without_env_reports_offline_metrics(tmp_path, continuous_dataset):
+    cfg = load_config(None, [
+        "algorithm.name=bc", "algorithm.steps=6", "algorithm.hidden=[8,8]", f"data.path={continuous_dataset.path}",
+        f"run_dir={tmp_path / 'r'}", "progress=false", "log_every=3", "logger=csv",
+    ])
+    summary = fit(cfg)
+    assert summary["final"] is None and summary["history"] == []
+    assert set(summary["offline_metrics"]) >= {"loss/policy", "grad_norm/policy", "grad_steps_per_s"}
+    metrics = (tmp_path / "r" / "logs" / "metrics.csv").read_text().splitlines()
+    assert "loss/policy" in metrics[0] and len(metrics) == 3  # header + iterations 3 and 6
+
+
+def test_bad_inputs_fail_before_training(tmp_path, climbing_dataset):
+    with pytest.raises(ConfigError, match="no dataset"):
+        fit(load_config(None, ["progress=false"]))
+    with pytest.raises(ConfigError, match="does not support|no algorithm"):
+        fit(load_config(None, ["algorithm.name=nope"]))
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        fit(_cfg(climbing_dataset, tmp_path / "x", f"resume={tmp_path / 'nothing'}"))
