@@ -149,14 +149,22 @@ def _load_yaml(path: Path) -> DictConfig:
 
 
 def _apply_overrides(user: DictConfig, overrides: list[str]) -> DictConfig:
-    """Apply ``key.sub=value`` overrides in order; list items by index (``plugins.0.params.beta``)."""
+    """Apply ``key.sub=value`` overrides in order; list items by index (``plugins.0.params.beta``).
+
+    ``section={...}`` replaces a whole section; ``data.path`` and ``data.recipe`` exclude each other.
+    """
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} is not of the form key.sub=value (e.g. algorithm.alpha=1.0)")
         key, text = item.split("=", 1)
         try:
             value = OmegaConf.from_dotlist([f"value={text}"])["value"]
-            OmegaConf.update(user, key, value, merge=True, force_add=True)
+            # A mapping replaces the whole section (env={name: matrix, task: climbing}); a scalar edits one key.
+            OmegaConf.update(user, key, value, merge=not isinstance(value, DictConfig), force_add=True)
+            # The two dataset sources exclude each other: choosing one drops the other set by a lower layer.
+            other = {"data.path": "recipe", "data.recipe": "path"}.get(key)
+            if other and value is not None and "data" in user:
+                user.data[other] = None
         except (OmegaConfBaseException, IndexError, ValueError) as error:
             raise ConfigError(f"cannot apply override {item!r}: {_first_line(error)}") from None
     return user

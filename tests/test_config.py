@@ -104,3 +104,11 @@ def test_list_items_are_overridden_by_index(tmp_path):
         load_config(str(path), ["plugins.0.params.bta=0.1"])
     with pytest.raises(ConfigError, match=r"plugins\.0\.params\.beta"):
         load_config(str(path), ["plugins.0.params.beta=high"])
+
+
+def test_section_replacement_and_dataset_source_exclusion():
+    cfg = load_config("omiga/vmas_navigation", ["env={name: matrix, task: climbing}", "data.path=/d"])
+    assert cfg.env.name == "matrix" and cfg.env.params == {} and cfg.env.max_steps is None
+    assert cfg.data.path == "/d" and cfg.data.recipe is None
+    edited = load_config("omiga/vmas_navigation", ["env.task=balance"])
+    assert edited.env.task == "balance" and edited.env.params.n_agents == 3

@@ -1,0 +1,502 @@
+"""Throughput of our OMIGA training step against a plain PyTorch loop, and against the CPU's peak.
+
+What is measured, for each number of agents (batch 128, observation 17, continuous action of
+dimension 1, state = the concatenated observations' size 17·n, MLPs 2x256, mixer hidden 64; the
+``OMIGAConfig`` defaults otherwise):
+
+* **ours**: ``OMIGA.train_step(batch)`` run standalone (no Trainer): three losses from one
+  forward, one backward of their sum, per-group gradient clipping, three Adam steps, one fused
+  Polyak update of the targets.
+* **plain loop**: the same method written the way reference implementations are written: one
+  ``nn.Module`` per network (actor, Q, V, mixer and deep-copied targets), the per-agent input
+  built each step by concatenating one-hot agent ids, each loss from its own network calls, a
+  separate backward + clip + Adam step per group (policy, Q+mixer, V) and a per-parameter Python
+  loop for the Polyak update. Same networks, same equations (METHODS.md §1), same FLOPs.
+  At start-up its losses, and its parameters after one full training step, are compared with
+  ours from the same initial weights and batch ("baseline matches ours").
+* **lightning** (``--lightning``): the same OMIGA through a real ``lightning.Trainer`` fit loop
+  (manual optimisation, ``OfflineDataModule`` sampling from a small dataset written with
+  ``write_dataset``), so this column includes batch sampling and the Trainer's per-step overhead;
+  timed from a batch after the warm-up to the last batch end (Trainer start-up excluded).
+* **GFLOP/s**: the matmul FLOPs of one of our steps (forward + backward, counted with
+  ``torch.utils.flop_counter.FlopCounterMode``; optimiser element-wise work is not counted) times
+  steps/s, beside a dense 2048x2048 float32 matmul measured in the same run on the same threads.
+
+Ours and the plain loop train on a pool of 64 random batches built in advance (sampling cost
+excluded; the plain loop also gets its tensors pre-extracted from the TensorDict). Timings on
+these machines drift by ±20 % over minutes, so after a warm-up every round measures each variant
+(order alternating between rounds) for ``--seconds`` and the table reports medians over rounds.
+
+Run:
+    python benchmarks/throughput.py --agents 3 6
+    python benchmarks/throughput.py --agents 3 6 --lightning --seconds 3 --rounds 5 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+
+os.environ.setdefault("RL_LOGGING_LEVEL", "WARNING")
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tensordict import TensorDict  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.distributions import Normal  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from lightning_marl.algorithms.omiga import OMIGA  # noqa: E402
+from lightning_marl.data import schema  # noqa: E402
+from lightning_marl.data.schema import TaskSpec  # noqa: E402
+
+OBS_DIM, ACTION_DIM, BATCH = 17, 1, 128
+
+
+# ---------------------------------------------------------------------------------------------
+# The plain PyTorch baseline, written in the style of the authors' reference implementation.
+# ---------------------------------------------------------------------------------------------
+EPS = 1e-7
+MEAN_MIN, MEAN_MAX = -9.0, 9.0
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class Actor(nn.Module):
+    def __init__(self, num_state, num_action, num_hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(num_state, num_hidden)
+        self.fc2 = nn.Linear(num_hidden, num_hidden)
+        self.mu_head = nn.Linear(num_hidden, num_action)
+        self.sigma_head = nn.Linear(num_hidden, num_action)
+
+    def _get_outputs(self, x):
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        mu = torch.clamp(self.mu_head(x), MEAN_MIN, MEAN_MAX)
+        log_sigma = torch.clamp(self.sigma_head(x), LOG_STD_MIN, LOG_STD_MAX)
+        return Normal(mu, torch.exp(log_sigma))
+
+    def get_log_density(self, x, y):
+        base = self._get_outputs(x)
+        y = torch.clamp(y, -1.0 + EPS, 1.0 - EPS)
+        u = torch.atanh(y)
+        logp = base.log_prob(u).sum(dim=-1)
+        logp = logp - (2 * (torch.log(torch.tensor(2.0)) - u - F.softplus(-2 * u))).sum(dim=-1)
+        return logp
+
+
+class V_critic(nn.Module):
+    def __init__(self, num_state, num_hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(num_state, num_hidden)
+        self.fc2 = nn.Linear(num_hidden, num_hidden)
+        self.state_value = nn.Linear(num_hidden, 1)
+
+    def forward(self, x):
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.state_value(x)
+
+
+class Q_critic(nn.Module):
+    def __init__(self, num_state, num_action, num_hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(num_state + num_action, num_hidden)
+        self.fc2 = nn.Linear(num_hidden, num_hidden)
+        self.q_value = nn.Linear(num_hidden, 1)
+
+    def forward(self, x, a):
+        x = torch.cat([x, a], dim=-1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.q_value(x)
+
+
+class MixNet(nn.Module):
+    def __init__(self, state_dim, num_agent, mix_hidden):
+        super().__init__()
+        self.num_agent = num_agent
+        self.f_v = nn.Linear(state_dim, mix_hidden)
+        self.w_v = nn.Linear(mix_hidden, num_agent)
+        self.b_v = nn.Linear(mix_hidden, 1)
+
+    def forward(self, s):
+        x = F.relu(self.f_v(s))
+        w = torch.abs(self.w_v(x)).view(-1, self.num_agent, 1)
+        b = self.b_v(x).view(-1, 1)
+        return w, b
+
+
+class PlainOMIGA:
+    """OMIGA as a straightforward loop: separate networks, losses, backwards and optimisers."""
+
+    def __init__(self, obs_dim, state_dim, action_dim, num_agent, hidden=256, mix_hidden=64,
+                 lr=5e-4, alpha=10.0, gamma=0.99, tau=0.005, grad_norm_clip=1.0):
+        self._num_agent = num_agent
+        self._alpha, self._gamma, self._tau, self._grad_norm_clip = alpha, gamma, tau, grad_norm_clip
+        self._policy_network = Actor(obs_dim + num_agent, action_dim, hidden)
+        self._q_network = Q_critic(obs_dim + num_agent, action_dim, hidden)
+        self._q_target_network = copy.deepcopy(self._q_network)
+        self._v_network = V_critic(obs_dim + num_agent, hidden)
+        self._v_target_network = copy.deepcopy(self._v_network)
+        self._mix_network = MixNet(state_dim, num_agent, mix_hidden)
+        self._mix_target_network = copy.deepcopy(self._mix_network)
+        self._policy_optimizer = torch.optim.Adam(self._policy_network.parameters(), lr=lr)
+        self._q_optimizer = torch.optim.Adam(
+            list(self._q_network.parameters()) + list(self._mix_network.parameters()), lr=lr)
+        self._v_optimizer = torch.optim.Adam(self._v_network.parameters(), lr=lr)
+
+    def compute_losses(self, o, s, a, r, mask, s_next, o_next):
+        one_hot_agent_id = torch.eye(self._num_agent).expand(o.shape[0], -1, -1)
+        o_with_id = torch.cat((o, one_hot_agent_id), dim=-1)
+        o_next_with_id = torch.cat((o_next, one_hot_agent_id), dim=-1)
+
+        # Q_tot loss
+        w_s, b_s = self._mix_network(s)
+        q_values = self._q_network(o_with_id, a)
+        q_total = (w_s * q_values).sum(dim=-2) + b_s
+        with torch.no_grad():
+            v_next_target_values = self._v_target_network(o_next_with_id)
+            w_next_target_s, b_next_target_s = self._mix_target_network(s_next)
+            v_next_target_total = (w_next_target_s * v_next_target_values).sum(dim=-2) + b_next_target_s
+            expected_q_total = r + self._gamma * mask * v_next_target_total
+        q_loss = ((q_total - expected_q_total.detach()) ** 2).mean()
+
+        # local V loss
+        with torch.no_grad():
+            w_target_s, _ = self._mix_target_network(s)
+            q_target_values = self._q_target_network(o_with_id, a)
+        v_values = self._v_network(o_with_id)
+        z = 1 / self._alpha * (w_target_s.detach() * q_target_values.detach() - w_target_s.detach() * v_values)
+        z = torch.clamp(z, min=-10.0, max=10.0)
+        max_z = torch.max(z)
+        if max_z.item() < -1.0:
+            max_z = torch.tensor(-1.0)
+        max_z = max_z.detach()
+        v_loss = torch.exp(z - max_z) + torch.exp(-max_z) * w_target_s.detach() * v_values / self._alpha
+        v_loss = v_loss.mean()
+
+        # policy loss
+        exp_a = torch.exp(z).detach().squeeze(-1)
+        log_probs = self._policy_network.get_log_density(o_with_id, a)
+        policy_loss = -(exp_a * log_probs).mean()
+        return policy_loss, q_loss, v_loss
+
+    def train_step(self, o, s, a, r, mask, s_next, o_next):
+        policy_loss, q_loss, v_loss = self.compute_losses(o, s, a, r, mask, s_next, o_next)
+
+        self._policy_optimizer.zero_grad()
+        policy_loss.backward()
+        nn.utils.clip_grad_norm_(self._policy_network.parameters(), self._grad_norm_clip)
+        self._policy_optimizer.step()
+
+        self._q_optimizer.zero_grad()
+        q_loss.backward()
+        nn.utils.clip_grad_norm_(
+            list(self._q_network.parameters()) + list(self._mix_network.parameters()), self._grad_norm_clip)
+        self._q_optimizer.step()
+
+        self._v_optimizer.zero_grad()
+        v_loss.backward()
+        nn.utils.clip_grad_norm_(self._v_network.parameters(), self._grad_norm_clip)
+        self._v_optimizer.step()
+
+        for net, target in ((self._q_network, self._q_target_network),
+                            (self._v_network, self._v_target_network),
+                            (self._mix_network, self._mix_target_network)):
+            for param, target_param in zip(net.parameters(), target.parameters()):
+                target_param.data.copy_(self._tau * param.data + (1 - self._tau) * target_param.data)
+        return policy_loss.item(), q_loss.item(), v_loss.item()
+
+
+def plain_inputs(batch):
+    """The tensors the plain loop takes, extracted once (its data loading is not timed)."""
+    return (
+        batch.get(schema.OBS), batch.get(schema.STATE), batch.get(schema.ACTION), batch.get(schema.REWARD),
+        1.0 - batch.get(schema.TERMINATED).float(), batch.get(schema.NEXT_STATE), batch.get(schema.NEXT_OBS),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up: modules, batches, weight copy and the equivalence check.
+# ---------------------------------------------------------------------------------------------
+def task_spec(n: int) -> TaskSpec:
+    return TaskSpec(n_agents=n, obs_dim=OBS_DIM, state_dim=OBS_DIM * n, discrete=False, action_dim=ACTION_DIM)
+
+
+def random_transitions(n: int, size: int, generator: torch.Generator) -> TensorDict:
+    """Random transitions following the batch contract (actions in [-1, 1], ~5 % terminal)."""
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    terminated = torch.rand(size, 1, generator=generator) < 0.05
+    truncated = torch.zeros(size, 1, dtype=torch.bool)
+    return TensorDict(
+        {
+            schema.OBS: randn(size, n, OBS_DIM), schema.NEXT_OBS: randn(size, n, OBS_DIM),
+            schema.STATE: randn(size, n * OBS_DIM), schema.NEXT_STATE: randn(size, n * OBS_DIM),
+            schema.ACTION: torch.rand(size, n, ACTION_DIM, generator=generator) * 2 - 1,
+            schema.REWARD: randn(size, 1),
+            schema.TERMINATED: terminated, schema.TRUNCATED: truncated, schema.DONE: terminated | truncated,
+            schema.EPISODE: torch.arange(size) // 100,
+        },
+        [size],
+    )
+
+
+def build_ours(n: int) -> OMIGA:
+    return OMIGA.from_spec(task_spec(n), batch_size=BATCH)
+
+
+def build_plain(module: OMIGA) -> PlainOMIGA:
+    """A plain loop with the same hyper-parameters and the same initial weights as ``module``."""
+    c, n = module.config, module.spec.n_agents
+    plain = PlainOMIGA(OBS_DIM, module.spec.mixer_state_dim, ACTION_DIM, n, hidden=c.hidden[0],
+                       mix_hidden=c.mixer_hidden, lr=c.lr, alpha=c.alpha, gamma=c.gamma, tau=c.tau,
+                       grad_norm_clip=c.grad_clip)
+    assert list(c.hidden) == [c.hidden[0]] * 2, "the plain loop is written for two equal hidden layers"
+
+    def load(dst: nn.Linear, src: nn.Linear, weight=None):
+        dst.weight.copy_(src.weight if weight is None else weight)
+        dst.bias.copy_(src.bias)
+
+    with torch.no_grad():
+        a = plain._policy_network
+        trunk = module.actor.trunk.linears
+        load(a.fc1, trunk[0]), load(a.fc2, trunk[1])
+        load(a.mu_head, module.actor.mean), load(a.sigma_head, module.actor.log_std)
+        for ours, theirs in ((module.q, plain._q_network), (module.q_target, plain._q_target_network)):
+            first = ours.linears[0].weight  # ours: [obs, action, id]; plain: [obs, id, action]
+            permuted = torch.cat([first[:, :OBS_DIM], first[:, OBS_DIM + ACTION_DIM:],
+                                  first[:, OBS_DIM:OBS_DIM + ACTION_DIM]], dim=1)
+            load(theirs.fc1, ours.linears[0], permuted)
+            load(theirs.fc2, ours.linears[1]), load(theirs.q_value, ours.linears[2])
+        for ours, theirs in ((module.v, plain._v_network), (module.v_target, plain._v_target_network)):
+            load(theirs.fc1, ours.linears[0]), load(theirs.fc2, ours.linears[1])
+            load(theirs.state_value, ours.linears[2])
+        for ours, theirs in ((module.mixer, plain._mix_network), (module.mixer_target, plain._mix_target_network)):
+            load(theirs.f_v, ours.hidden), load(theirs.w_v, ours.weights), load(theirs.b_v, ours.bias)
+    return plain
+
+
+def plain_parameters(plain: PlainOMIGA) -> list[torch.Tensor]:
+    """The plain loop's parameters in the order of ``OMIGA.parameters()`` (for the check)."""
+    a, out = plain._policy_network, []
+    out += [a.fc1.weight, a.fc1.bias, a.fc2.weight, a.fc2.bias, a.mu_head.weight, a.mu_head.bias,
+            a.sigma_head.weight, a.sigma_head.bias]
+    for q in (plain._q_network,):
+        w = q.fc1.weight  # back to ours' input order [obs, action, id]
+        w = torch.cat([w[:, :OBS_DIM], w[:, -ACTION_DIM:], w[:, OBS_DIM:-ACTION_DIM]], dim=1)
+        out += [w, q.fc1.bias, q.fc2.weight, q.fc2.bias, q.q_value.weight, q.q_value.bias]
+    v = plain._v_network
+    out += [v.fc1.weight, v.fc1.bias, v.fc2.weight, v.fc2.bias, v.state_value.weight, v.state_value.bias]
+    m = plain._mix_network
+    out += [m.f_v.weight, m.f_v.bias, m.w_v.weight, m.w_v.bias, m.b_v.weight, m.b_v.bias]
+    return out
+
+
+def ours_parameters(module: OMIGA) -> list[torch.Tensor]:
+    out = []
+    for net in (module.actor.trunk, module.actor.mean, module.actor.log_std, module.q, module.v):
+        for linear in (net.linears if hasattr(net, "linears") else [net]):
+            out += [linear.weight, linear.bias]
+    m = module.mixer
+    return out + [m.hidden.weight, m.hidden.bias, m.weights.weight, m.weights.bias, m.bias.weight, m.bias.bias]
+
+
+def check_equivalence(n: int, tol: float = 1e-5) -> tuple[bool, str]:
+    """Same weights and batch: same three losses, and the same parameters after one full step."""
+    torch.manual_seed(1234)
+    module = build_ours(n)
+    plain = build_plain(module)
+    batch = random_transitions(n, BATCH, torch.Generator().manual_seed(99))
+    inputs = plain_inputs(batch)
+    with torch.no_grad():
+        ours_losses = module.losses(batch)
+        theirs = dict(zip(("policy", "q", "v"), plain.compute_losses(*inputs)))
+    worst_loss = max(abs(ours_losses[k].item() - theirs[k].item()) / max(1.0, abs(theirs[k].item()))
+                     for k in theirs)
+    module.train_step(batch)
+    plain.train_step(*inputs)
+    worst_param = max((o - t).abs().max().item()
+                      for o, t in zip(ours_parameters(module), plain_parameters(plain)))
+    targets = (module.q_target.linears[1].weight - plain._q_target_network.fc2.weight).abs().max().item()
+    worst_param = max(worst_param, targets)
+    ok = worst_loss <= tol and worst_param <= tol
+    return ok, f"max loss difference {worst_loss:.1e} (relative), max parameter difference after one step {worst_param:.1e}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements.
+# ---------------------------------------------------------------------------------------------
+def steps_per_second(step, items, seconds: float) -> float:
+    """Run ``step`` over ``items`` (cycling) for ``seconds``; steps per second."""
+    count, k = 0, len(items)
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        step(items[count % k])
+        count += 1
+        now = time.perf_counter()
+        if now >= deadline:
+            return count / (now - start)
+
+
+def count_flops(step, item) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step(item)
+    return counter.get_total_flops()
+
+
+def matmul_gflops(seconds: float, size: int = 2048) -> float:
+    """Dense float32 matmul GFLOP/s on the current threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    c = torch.empty(size, size)
+    for _ in range(2):
+        torch.mm(a, b, out=c)
+    count, start = 0, time.perf_counter()
+    while True:
+        torch.mm(a, b, out=c)
+        count += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and count >= 3:
+            return 2 * size**3 * count / elapsed / 1e9
+
+
+class LightningRunner:
+    """The same OMIGA through ``lightning.Trainer.fit`` over a small on-disk dataset."""
+
+    def __init__(self, n: int, directory: str, seed: int = 0):
+        from lightning_marl.data.datamodule import OfflineDataModule
+        from lightning_marl.data.dataset import write_dataset
+        from lightning_marl.run import quiet_lightning
+
+        quiet_lightning()
+        warnings.filterwarnings("ignore", module="lightning")
+        td = random_transitions(n, 4096, torch.Generator().manual_seed(seed))
+        dataset = write_dataset(os.path.join(directory, f"omiga_{n}"), td, {"spec": task_spec(n), "quality": "random"})
+        self.datamodule = OfflineDataModule(dataset, batch_size=BATCH, seed=seed)
+        self.module = build_ours(n)
+
+    def run(self, steps: int, warmup: int = 20) -> float:
+        clock = _Clock(warmup)
+        self.module.config.steps = self.module.iteration + warmup + steps
+        trainer = L.Trainer(
+            max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0,
+            limit_val_batches=0, callbacks=[clock],
+        )
+        trainer.fit(self.module, datamodule=self.datamodule)
+        return (clock.last_iteration - clock.first_iteration) / (clock.last_time - clock.first_time)
+
+
+class _Clock(L.Callback):
+    """Wall time from the start of batch ``warmup`` to the end of the last batch."""
+
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+        self.first_time = self.first_iteration = None
+        self.last_time = self.last_iteration = None
+        self.seen = 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if self.seen == self.warmup:
+            self.first_time, self.first_iteration = time.perf_counter(), module.iteration
+        self.seen += 1
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.last_time, self.last_iteration = time.perf_counter(), module.iteration
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, nargs="+", default=[3, 6])
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are reported")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--lightning", action="store_true", help="add a lightning.Trainer column")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per variant")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    print(f"# OMIGA throughput: torch {torch.__version__}, lightning {L.__version__}, "
+          f"threads {threads} (of {os.cpu_count()} CPUs, {cpu}), "
+          f"{datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"# batch {BATCH}, obs {OBS_DIM}, action {ACTION_DIM} continuous, hidden 256x2, mixer 64; "
+          f"{args.rounds} rounds x {args.seconds:g} s per measurement, medians")
+
+    for n in args.agents:
+        ok, detail = check_equivalence(n)
+        print(f"# {n} agents: baseline matches ours: {'yes' if ok else 'no'} ({detail})")
+
+    torch.manual_seed(0)
+    setups = {}
+    tmp = tempfile.TemporaryDirectory() if args.lightning else None
+    for n in args.agents:
+        module = build_ours(n)
+        plain = build_plain(module)
+        generator = torch.Generator().manual_seed(n)
+        pool = [random_transitions(n, BATCH, generator) for _ in range(64)]
+        plain_pool = [plain_inputs(b) for b in pool]
+        ours_step, plain_step = module.train_step, (lambda x, p=plain: p.train_step(*x))
+        steps_per_second(ours_step, pool, args.warmup)
+        steps_per_second(plain_step, plain_pool, args.warmup)
+        flops, plain_flops = count_flops(ours_step, pool[0]), count_flops(plain_step, plain_pool[0])
+        runner = LightningRunner(n, tmp.name) if args.lightning else None
+        if runner is not None:
+            runner.run(steps=50)  # warm-up fit
+        setups[n] = dict(ours=(ours_step, pool), plain=(plain_step, plain_pool), flops=flops,
+                         plain_flops=plain_flops, runner=runner, results={"ours": [], "plain": [], "lightning": []})
+        print(f"# {n} agents: matmul FLOPs per step (forward+backward): ours {flops / 1e6:.1f} M, "
+              f"plain loop {plain_flops / 1e6:.1f} M")
+
+    peaks = []
+    for r in range(args.rounds):
+        peaks.append(matmul_gflops(min(args.seconds, 1.5)))
+        for n, s in setups.items():
+            order = ["ours", "plain"] if r % 2 == 0 else ["plain", "ours"]
+            for name in order:
+                step, items = s[name]
+                s["results"][name].append(steps_per_second(step, items, args.seconds))
+            if s["runner"] is not None:
+                steps = max(20, int(statistics.median(s["results"]["ours"]) * args.seconds))
+                s["results"]["lightning"].append(s["runner"].run(steps))
+        print(f"# round {r + 1}/{args.rounds}: peak {peaks[-1]:.0f} GFLOP/s; " + "; ".join(
+            f"{n} agents ours {s['results']['ours'][-1]:.1f}, plain {s['results']['plain'][-1]:.1f}"
+            + (f", lightning {s['results']['lightning'][-1]:.1f}" if s["runner"] else "")
+            for n, s in setups.items()), flush=True)
+    if tmp is not None:
+        tmp.cleanup()
+
+    peak = statistics.median(peaks)
+    print()
+    print("| agents | ours steps/s | plain loop steps/s | ratio | ours GFLOP/s | peak GFLOP/s | fraction of peak "
+          "| lightning steps/s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, s in setups.items():
+        ours = statistics.median(s["results"]["ours"])
+        plain = statistics.median(s["results"]["plain"])
+        light = statistics.median(s["results"]["lightning"]) if s["results"]["lightning"] else None
+        achieved = s["flops"] * ours / 1e9
+        print(f"| {n} | {ours:.1f} | {plain:.1f} | {ours / plain:.2f} | {achieved:.1f} | {peak:.0f} "
+              f"| {achieved / peak:.1%} | {fmt(light)} |")
+
+
+if __name__ == "__main__":
+    main()
