@@ -138,5 +138,5 @@ class IterationProgressBar(TQDMProgressBar):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if module.iteration % self.refresh_every == 0 or module.iteration >= module.config.steps:
             self.train_progress_bar.n = module.iteration
-            self.train_progress_bar.set_postfix(self.get_metrics(trainer, module))
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, module), refresh=False)
             self.train_progress_bar.refresh()

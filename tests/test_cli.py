@@ -86,7 +86,7 @@ def test_plugins_lists_builtin_and_entry_point_plugins(tmp_path):
     out = listing.stdout
     assert "algorithms (" in out and "omiga" in out and "bc" in out
     assert "envs (" in out and "matrix" in out and "vmas" in out
-    line = next(l for l in out.splitlines() if "reward_scale" in l)
+    line = next(row for row in out.splitlines() if "reward_scale" in row)
     assert "lightning_marl_toy_plugin" in line and "hooks: critic_target" in line
     assert "Multiplies the critic's TD target" in line
     assert "broken" in listing.stderr and "no_such_module_here" in listing.stderr

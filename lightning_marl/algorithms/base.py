@@ -152,8 +152,17 @@ class OfflineMARLModule(L.LightningModule):
             for name in self.parameter_groups()
         ]
 
+    @property
+    def group_parameters(self) -> dict[str, list[torch.Tensor]]:
+        """Group name -> its parameters (computed once; the networks do not change after build)."""
+        if not hasattr(self, "_group_parameters"):
+            self._group_parameters = {
+                group: [p for net in nets for p in net.parameters()] for group, nets in self.parameter_groups().items()
+            }
+        return self._group_parameters
+
     def _group_params(self, name: str) -> list[torch.Tensor]:
-        return [p for net in self.parameter_groups()[name] for p in net.parameters()]
+        return self.group_parameters[name]
 
     def _optimizers(self):
         if self._trainer is not None:
@@ -171,7 +180,7 @@ class OfflineMARLModule(L.LightningModule):
         """
         batch = self.augment_batch(batch)
         losses = self.losses(batch)
-        groups = list(self.parameter_groups())
+        groups = list(self.group_parameters)
         if set(losses) != set(groups):
             raise TrainingError(f"{type(self).__name__}.losses returned {sorted(losses)}, expected {sorted(groups)}")
         total = sum(losses.values())

@@ -1,0 +1,49 @@
+"""Dataset collection and the built-in recipe cache."""
+
+import pytest
+import torch
+
+from lightning_marl.collect import recipes
+from lightning_marl.collect.behaviour import navigation_heuristic
+from lightning_marl.collect.collector import collect_transitions
+from lightning_marl.data import schema
+from lightning_marl.data.dataset import load_dataset
+from lightning_marl.envs import env_spec, make_env
+from lightning_marl.errors import ConfigError
+
+
+def test_collected_vmas_transitions_follow_the_contract():
+    env = make_env("vmas", "navigation", num_envs=3, max_steps=7, n_agents=2)
+    spec = env_spec(env)
+    td = collect_transitions(env, navigation_heuristic(spec), episodes=4, spec=spec, progress=False)
+    assert td.shape == (28,)  # 4 complete episodes of 7 steps, the partial ones dropped
+    assert torch.equal(td[schema.EPISODE], torch.arange(4).repeat_interleave(7))
+    assert td[schema.TRUNCATED].sum() == 4 and td[schema.ACTION].abs().max() <= 1
+    # next observation of step t is the observation of step t+1 within an episode
+    episode0 = td[td[schema.EPISODE] == 0]
+    assert torch.equal(episode0[schema.NEXT_OBS][:-1], episode0[schema.OBS][1:])
+    assert torch.allclose(td[schema.REWARD], td[schema.AGENT_REWARD].mean(1))
+
+
+def test_recipe_is_built_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv(recipes.DATA_ENV, str(tmp_path))
+    tiny = recipes.Recipe(
+        description="tiny navigation", env={"name": "vmas", "task": "navigation", "max_steps": 5,
+                                            "params": {"n_agents": 2}},
+        episodes=6, behaviour="navigation_heuristic", mixture={"0.1": 0.5, "random": 0.5}, num_envs=3,
+        reference_episodes=6,
+    )
+    monkeypatch.setitem(recipes.RECIPES, "tiny", tiny)
+    path = recipes.ensure_recipe("tiny", progress=False)
+    assert path == tmp_path / "tiny-v1"
+    ds = load_dataset(path, verify="always")
+    meta = ds.metadata
+    assert meta["n_episodes"] == 6 and meta["n_transitions"] == 30 and meta["quality"] == "mixed"
+    reference = meta["reference_returns"]
+    assert reference["expert"] > reference["random"]
+    assert meta["generation"]["versions"]["torch"] == torch.__version__
+    stamp = (path / "metadata.json").stat().st_mtime_ns
+    assert recipes.ensure_recipe("tiny") == path
+    assert (path / "metadata.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match="no dataset recipe 'nope'"):
+        recipes.ensure_recipe("nope")
