@@ -60,6 +60,7 @@ class OfflineMARLModule(L.LightningModule):
         self._last_log_time = None
         self._last_log_iteration = 0
         self._check_support()
+        self._register_normaliser()
         self.build()
         self._check_plugins()
 
@@ -198,15 +199,28 @@ class OfflineMARLModule(L.LightningModule):
         else:
             total.backward()
         stats = {}
+        due = self.groups_to_step()
         for name, optimizer in zip(groups, optimizers):
             stats[f"grad_norm/{name}"] = torch.nn.utils.clip_grad_norm_(
                 self._group_params(name), self.config.grad_clip, foreach=True
             )
-            optimizer.step()
-        self.update_targets()
+            if name in due:
+                optimizer.step()
+        if self.targets_due():
+            self.update_targets()
         self.iteration += 1
         stats.update({f"loss/{name}": value.detach() for name, value in losses.items()})
         return stats
+
+    def groups_to_step(self):
+        """Groups whose optimiser steps this iteration. All by default; a delayed schedule (TD3's
+        actor every second step) returns fewer. Every loss is still computed and backpropagated,
+        so plain DDP sees a gradient for every parameter at every step."""
+        return self.group_parameters.keys()
+
+    def targets_due(self) -> bool:
+        """Whether the target networks move this iteration (every iteration by default)."""
+        return True
 
     def update_targets(self) -> None:
         if not self._target_pairs:
@@ -251,6 +265,43 @@ class OfflineMARLModule(L.LightningModule):
             {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("loss/")},
             prog_bar=True, logger=False, on_step=True, batch_size=1,
         )
+
+    # ---- observation normalisation (methods with ``normalise_observations`` in their config) ----
+    @property
+    def normalises_observations(self) -> bool:
+        return bool(getattr(self.config, "normalise_observations", False))
+
+    def _register_normaliser(self) -> None:
+        if self.normalises_observations:
+            self.register_buffer("obs_mean", torch.zeros(self.spec.obs_dim))
+            self.register_buffer("obs_std", torch.ones(self.spec.obs_dim))
+
+    @torch.no_grad()
+    def fit_observation_normaliser(self, transitions, chunk: int = 1 << 16) -> None:
+        """Set obs_mean/obs_std from a dataset's observations (over transitions and agents)."""
+        observation = transitions.get(schema.OBS)
+        total = torch.zeros(self.spec.obs_dim, dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        for start in range(0, observation.shape[0], chunk):
+            block = observation[start:start + chunk].reshape(-1, self.spec.obs_dim).double()
+            total += block.sum(0)
+            squares += (block**2).sum(0)
+        count = observation.shape[0] * observation.shape[1]
+        mean = total / count
+        std = (squares / count - mean**2).clamp(min=0).sqrt()
+        self.obs_mean.copy_(mean.float())
+        self.obs_std.copy_(std.float().clamp(min=1e-3))
+
+    def normalise_observation(self, observation: torch.Tensor) -> torch.Tensor:
+        if not self.normalises_observations:
+            return observation
+        return (observation - self.obs_mean) / self.obs_std
+
+    def setup(self, stage: str) -> None:
+        # Runs before a checkpoint is restored, which then overwrites these statistics on resume.
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.normalises_observations and datamodule is not None and hasattr(datamodule, "dataset"):
+            self.fit_observation_normaliser(datamodule.dataset.transitions)
 
     # ---- state ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
