@@ -42,8 +42,9 @@ class Entry:
 
     @property
     def description(self) -> str:
-        doc = inspect.getdoc(self.obj) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        doc = (inspect.getdoc(self.obj) or "").strip()
+        paragraph = " ".join(doc.split("\n\n")[0].split())
+        return paragraph if len(paragraph) <= 110 else paragraph[:107].rsplit(" ", 1)[0] + " ..."
 
     @property
     def package(self) -> str:

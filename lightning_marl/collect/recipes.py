@@ -21,9 +21,10 @@ import torch
 
 from lightning_marl.collect.behaviour import navigation_heuristic, uniform_random
 from lightning_marl.collect.collector import collect_transitions
+from lightning_marl.collect.matrix import matrix_game_transitions
 from lightning_marl.data.dataset import write_dataset
 from lightning_marl.data.schema import TaskSpec
-from lightning_marl.envs import env_spec, make_env, rollout_returns
+from lightning_marl.envs import env_spec, make_env, payoff, rollout_returns
 from lightning_marl.errors import ConfigError
 
 DATA_ENV = "LIGHTNING_MARL_DATA"
@@ -38,6 +39,7 @@ class Recipe:
     episodes: int
     behaviour: str
     mixture: dict = field(default_factory=dict)
+    joint_actions: list = field(default_factory=list)  # behaviour "matrix": joint actions and their probabilities
     num_envs: int = 50
     reference_episodes: int = 64
     seed: int = 0
@@ -52,6 +54,15 @@ RECIPES: dict[str, Recipe] = {
         episodes=200,
         behaviour="navigation_heuristic",
         mixture={"0.1": 0.4, "0.5": 0.4, "random": 0.2},
+    ),
+    "climbing_coordinated": Recipe(
+        description="climbing matrix game, only coordinated joint actions: (0,0) 25% (the optimum, 11), "
+        "(1,1) 45% (7), (2,2) 30% (5); 2000 one-step episodes",
+        env={"name": "matrix", "task": "climbing", "max_steps": None, "params": {}},
+        episodes=2000,
+        behaviour="matrix",
+        reference_episodes=4096,
+        joint_actions=[[[0, 0], 0.25], [[1, 1], 0.45], [[2, 2], 0.30]],
     ),
 }
 
@@ -112,6 +123,14 @@ def _mixture_policy(recipe: Recipe, spec: dict, generator: torch.Generator):
     return act, on_reset
 
 
+def _constant_joint_action(joint_action):
+    """The 'expert' of a matrix game: always play the given joint action."""
+    def act(observation, mask=None):
+        return torch.as_tensor(joint_action).expand(*observation.shape[:-2], len(joint_action))
+
+    return act
+
+
 def build_recipe(name: str, path: Path, progress: bool = True) -> Path:
     recipe = get_recipe(name)
     env_cfg = recipe.env
@@ -120,15 +139,25 @@ def build_recipe(name: str, path: Path, progress: bool = True) -> Path:
     print(f"building dataset recipe {name!r} into {path} (once; cached afterwards)", file=sys.stderr)
     env = make(recipe.num_envs, recipe.seed)
     spec = env_spec(env)
-    generator = torch.Generator().manual_seed(recipe.seed)
-    act, on_reset = _mixture_policy(recipe, spec, generator)
-    transitions = collect_transitions(env, act, recipe.episodes, spec, seed=recipe.seed, progress=progress,
-                                      on_reset=on_reset)
+    if recipe.behaviour == "matrix":
+        joint_actions = [action for action, _ in recipe.joint_actions]
+        transitions, _ = matrix_game_transitions(env_cfg["task"], joint_actions,
+                                                 [p for _, p in recipe.joint_actions], n=recipe.episodes,
+                                                 seed=recipe.seed, n_actions=spec["n_actions"], **env_cfg["params"])
+        best = max(joint_actions, key=lambda a: float(payoff(env_cfg["task"], torch.tensor(a), **env_cfg["params"])))
+        expert = _constant_joint_action(best)
+        expert_source = f"the best joint action in the data, {tuple(best)}"
+    else:
+        generator = torch.Generator().manual_seed(recipe.seed)
+        act, on_reset = _mixture_policy(recipe, spec, generator)
+        transitions = collect_transitions(env, act, recipe.episodes, spec, seed=recipe.seed, progress=progress,
+                                          on_reset=on_reset)
+        expert = _HEURISTICS[recipe.behaviour](spec)
+        expert_source = f"the noiseless {recipe.behaviour}"
     reference_env = make(recipe.num_envs, recipe.seed + 1)
     random_return = rollout_returns(reference_env, uniform_random(spec, torch.Generator().manual_seed(1)),
                                     recipe.reference_episodes, seed=recipe.seed + 1)["mean"]
-    expert_return = rollout_returns(reference_env, _HEURISTICS[recipe.behaviour](spec),
-                                    recipe.reference_episodes, seed=recipe.seed + 1)["mean"]
+    expert_return = rollout_returns(reference_env, expert, recipe.reference_episodes, seed=recipe.seed + 1)["mean"]
     env.close()
     reference_env.close()
     task_spec = TaskSpec(
@@ -148,11 +177,11 @@ def build_recipe(name: str, path: Path, progress: bool = True) -> Path:
             "spec": task_spec,
             "env": {"name": env_cfg["name"], "task": env_cfg["task"], "params": env_cfg["params"],
                     "max_steps": env_cfg["max_steps"]},
-            "quality": "mixed",
+            "quality": "coordinated" if recipe.behaviour == "matrix" else "mixed",
             "description": recipe.description,
             "reference_returns": {
                 "random": random_return, "expert": expert_return,
-                "source": f"rollouts of the uniform random policy and the noiseless {recipe.behaviour}, "
+                "source": f"rollouts of the uniform random policy and of {expert_source}, "
                           f"{recipe.reference_episodes} episodes each",
             },
             "team_reward_rule": "mean of the per-agent rewards the environment gives",

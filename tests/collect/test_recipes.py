@@ -47,3 +47,15 @@ def test_recipe_is_built_once_and_cached(tmp_path, monkeypatch):
     assert (path / "metadata.json").stat().st_mtime_ns == stamp
     with pytest.raises(ConfigError, match="no dataset recipe 'nope'"):
         recipes.ensure_recipe("nope")
+
+
+def test_matrix_recipe_reference_returns(tmp_path, monkeypatch):
+    monkeypatch.setenv(recipes.DATA_ENV, str(tmp_path))
+    ds = load_dataset(recipes.ensure_recipe("climbing_coordinated", progress=False))
+    meta = ds.metadata
+    assert meta["n_episodes"] == 2000 and meta["quality"] == "coordinated"
+    assert meta["reference_returns"]["expert"] == 11.0
+    assert abs(meta["reference_returns"]["random"] - (-31 / 9)) < 0.5  # uniform random over the 9 payoffs
+    joint = ds.transitions[schema.ACTION]
+    assert (joint[:, 0] == joint[:, 1]).all()
+    assert 0.2 < (joint[:, 0] == 0).float().mean() < 0.3
