@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -43,6 +44,47 @@ class IterationCheckpoint(L.Callback):
 
     def on_train_end(self, trainer, module) -> None:
         self.save(trainer)
+
+
+class GracefulStop(L.Callback):
+    """SIGINT or SIGTERM stops training at the end of the current iteration, with a checkpoint.
+
+    The first signal finishes the iteration in progress and ends the run normally, so
+    IterationCheckpoint saves ``last.ckpt`` at that iteration (a second SIGINT interrupts at once). Under DDP the ranks agree on the stop through
+    one reduction every ``sync_every`` iterations, so they stop at the same iteration.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, sync_every: int = 100):
+        self.sync_every = sync_every
+        self.received = None
+        self._previous = {}
+
+    def _handler(self, signum, frame) -> None:
+        self.received = signum
+        signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
+
+    def on_train_start(self, trainer, module) -> None:
+        self.received = None
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handler)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        requested = self.received is not None
+        if trainer.world_size > 1:
+            if module.iteration % self.sync_every:
+                return
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if requested and module.iteration < module.config.steps:
+            module.interrupted_at = module.iteration
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer, module) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
 class EvaluationCallback(L.Callback):
@@ -102,7 +144,8 @@ class EvaluationCallback(L.Callback):
     def on_train_end(self, trainer, module) -> None:
         if not trainer.is_global_zero:
             return
-        if self.env is not None and (not self.history or self.history[-1]["iteration"] != module.iteration):
+        interrupted = module.interrupted_at is not None
+        if self.env is not None and not interrupted and (not self.history or self.history[-1]["iteration"] != module.iteration):
             self.evaluate(module)
         seconds = time.perf_counter() - self._start[0] - self._eval_seconds
         steps = module.iteration - self._start[1]
@@ -114,6 +157,7 @@ class EvaluationCallback(L.Callback):
             "best": max(self.history, key=lambda e: e["return_mean"]) if self.history else None,
             "history": self.history,
             "offline_metrics": module.last_stats,
+            "interrupted_at": module.interrupted_at,
             "protocol": f"final and best policy, {self.episodes} evaluation episodes, seed {self.seed}",
         }
         atomic_write_json(self.run_dir / "eval.json", summary)

@@ -75,6 +75,9 @@ def print_summary(summary: dict) -> None:
         if name.startswith("loss/"):
             lines.append(f"  final {name:<12} {value:.4g}")
     run_dir = summary["run_dir"]
+    if summary.get("interrupted_at") is not None:
+        lines.append(f"  interrupted at iteration {summary['interrupted_at']}: a checkpoint was saved; continue with")
+        lines.append(f"    python -m lightning_marl fit resume={run_dir}")
     lines += [
         f"  run directory      {run_dir}",
         f"    config.yaml, eval.json, policy.pt, checkpoints/last.ckpt, logs/ (tensorboard --logdir {run_dir}/logs)",

@@ -55,11 +55,15 @@ class DataConfig:
     device: str = "cpu"
 
 
+ENV_FROM_DATASET = "dataset"
+
+
 @dataclass
 class EnvConfig:
-    """The evaluation environment (registered env factory name, task and parameters)."""
+    """The evaluation environment: a registered env name, task and parameters, or
+    ``name: dataset`` for the environment recorded in the dataset's metadata."""
 
-    name: str = "vmas"
+    name: str = ENV_FROM_DATASET
     task: Optional[str] = None
     num_envs: int = 32
     max_steps: Optional[int] = None

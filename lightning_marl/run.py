@@ -18,8 +18,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import OmegaConf
 
 from lightning_marl import registry
-from lightning_marl.callbacks import EvaluationCallback, IterationCheckpoint, IterationProgressBar
-from lightning_marl.config import algorithm_params, load_config, plugin_params, to_yaml
+from lightning_marl.callbacks import EvaluationCallback, GracefulStop, IterationCheckpoint, IterationProgressBar
+from lightning_marl.config import ENV_FROM_DATASET, algorithm_params, load_config, plugin_params, to_yaml
 from lightning_marl.data.datamodule import OfflineDataModule
 from lightning_marl.data.dataset import Dataset, load_dataset, normalised_score
 from lightning_marl.envs import make_env, rollout_returns
@@ -77,6 +77,24 @@ def resolve_resume(cfg):
     return cfg, ckpt
 
 
+def resolve_env(cfg, dataset: Dataset):
+    """``env: {name: dataset}`` becomes the env recorded in the dataset's metadata (or no env)."""
+    if cfg.env is None or cfg.env.name != ENV_FROM_DATASET:
+        return cfg
+    recorded = dataset.metadata.get("env") or {}
+    if not recorded.get("name"):
+        warnings.warn(f"dataset {dataset.id} records no environment: training without evaluation")
+        return OmegaConf.merge(cfg, {"env": None})
+    env = {"name": recorded["name"], "task": recorded.get("task"), "params": recorded.get("params") or {}}
+    if cfg.env.task is not None:
+        env["task"] = cfg.env.task
+    if cfg.env.max_steps is not None or recorded.get("max_steps") is not None:
+        env["max_steps"] = cfg.env.max_steps if cfg.env.max_steps is not None else recorded["max_steps"]
+    env["params"] = {**env["params"], **OmegaConf.to_container(cfg.env.params)}
+    resolved = OmegaConf.merge(cfg, {"env": env})
+    return resolved
+
+
 def build_plugins(cfg) -> list:
     return [registry.get("plugin", p.name)(plugin_params(p, f"plugins.{i}")) for i, p in enumerate(cfg.plugins)]
 
@@ -95,6 +113,7 @@ def fit(cfg, datamodule_class=OfflineDataModule, extra_callbacks=()) -> dict:
     cfg, ckpt_path = resolve_resume(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dataset = resolve_dataset(cfg)
+    cfg = resolve_env(cfg, dataset)
     spec = dataset.spec
     method = registry.get("algorithm", cfg.algorithm.name)
     module = method(spec, algorithm_params(cfg), plugins=build_plugins(cfg), log_every=cfg.log_every)
@@ -122,7 +141,8 @@ def fit(cfg, datamodule_class=OfflineDataModule, extra_callbacks=()) -> dict:
     trainer = L.Trainer(
         max_epochs=-1,  # the module stops the run when algorithm.steps iterations are done
         logger=logger,
-        callbacks=[checkpointer, evaluator, *([IterationProgressBar()] if cfg.progress else []), *extra_callbacks],
+        callbacks=[GracefulStop(cfg.log_every), checkpointer, evaluator,
+                   *([IterationProgressBar()] if cfg.progress else []), *extra_callbacks],
         deterministic=cfg.deterministic,
         default_root_dir=str(run_dir),
         enable_checkpointing=False,

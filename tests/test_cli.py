@@ -90,3 +90,32 @@ def test_plugins_lists_builtin_and_entry_point_plugins(tmp_path):
     assert "lightning_marl_toy_plugin" in line and "hooks: critic_target" in line
     assert "Multiplies the critic's TD target" in line
     assert "broken" in listing.stderr and "no_such_module_here" in listing.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_the_next_fit_resumes(tmp_path, climbing_dataset):
+    import signal
+    import time
+
+    import torch
+
+    run_dir = tmp_path / "run"
+    common = [f"data.path={climbing_dataset.path}", "algorithm.hidden=[16,16]", "algorithm.batch_size=16",
+              "checkpoint_every=50", "log_every=10", "progress=false"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "lightning_marl", "fit", *common, "algorithm.steps=1000000",
+                                f"run_dir={run_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert checkpoint.exists(), "no checkpoint appeared"
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-3000:]
+    stopped = torch.load(checkpoint, weights_only=True)["lightning_marl"]["iteration"]
+    assert 50 <= stopped < 1_000_000
+    assert f"interrupted at iteration {stopped}" in out and f"resume={run_dir}" in out
+
+    resumed = _python_m("fit", f"resume={run_dir}", f"algorithm.steps={stopped + 20}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(checkpoint, weights_only=True)["lightning_marl"]["iteration"] == stopped + 20

@@ -15,7 +15,7 @@ def test_shipped_config_by_name_and_dot_list_overrides():
     assert "default" in shipped_configs() and "omiga/vmas_navigation" in shipped_configs()
     cfg = load_config("omiga/vmas_navigation", ["algorithm.alpha=1.0", "trainer.devices=2", "eval.every=7"])
     assert cfg.algorithm.alpha == 1.0 and cfg.trainer.devices == 2 and cfg.eval.every == 7
-    assert cfg.env.task == "navigation" and cfg.env.params.n_agents == 3
+    assert cfg.env.name == "dataset" and cfg.env.num_envs == 32
     assert find_config("omiga/vmas_navigation").name == "vmas_navigation.yaml"
 
 
@@ -110,5 +110,5 @@ def test_section_replacement_and_dataset_source_exclusion():
     cfg = load_config("omiga/vmas_navigation", ["env={name: matrix, task: climbing}", "data.path=/d"])
     assert cfg.env.name == "matrix" and cfg.env.params == {} and cfg.env.max_steps is None
     assert cfg.data.path == "/d" and cfg.data.recipe is None
-    edited = load_config("omiga/vmas_navigation", ["env.task=balance"])
-    assert edited.env.task == "balance" and edited.env.params.n_agents == 3
+    edited = load_config("omiga/vmas_navigation", ["env.num_envs=4"])
+    assert edited.env.num_envs == 4 and edited.env.name == "dataset"

@@ -112,6 +112,16 @@ def test_fit_without_env_reports_offline_metrics(tmp_path, continuous_dataset):
     assert "loss/policy" in metrics[0] and len(metrics) == 3  # header + iterations 3 and 6
 
 
+def test_env_defaults_to_the_one_recorded_in_the_dataset(tmp_path, climbing_dataset):
+    from lightning_marl.run import resolve_env
+
+    cfg = load_config("default", [f"data.path={climbing_dataset.path}"])  # env: {name: dataset}
+    resolved = resolve_env(cfg, climbing_dataset)
+    assert (resolved.env.name, resolved.env.task, resolved.env.num_envs) == ("matrix", "climbing", 32)
+    offline = resolve_env(load_config(None, ["data.path=/x", "env=null"]), climbing_dataset)
+    assert offline.env is None
+
+
 def test_bad_inputs_fail_before_training(tmp_path, climbing_dataset):
     with pytest.raises(ConfigError, match="no dataset"):
         fit(load_config(None, ["progress=false"]))

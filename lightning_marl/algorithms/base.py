@@ -55,6 +55,7 @@ class OfflineMARLModule(L.LightningModule):
         self.config_yaml = OmegaConf.to_yaml({"algorithm": OmegaConf.structured(config)})
         self.dataset_info: dict = {}
         self.last_stats: dict[str, float] = {}
+        self.interrupted_at: int | None = None  # set when a signal stopped training early
         self._target_pairs: list[tuple[nn.Module, nn.Module]] = []
         self._standalone_optimizers = None
         self._last_log_time = None
