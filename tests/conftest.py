@@ -3,12 +3,19 @@
 import os
 
 os.environ.setdefault("RL_LOGGING_LEVEL", "WARNING")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per xdist worker (and per subprocess it starts): two workers with torch's
+    # default of one thread per core oversubscribe a 2-core machine many times over.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from lightning_marl.collect.matrix import matrix_game_transitions  # noqa: E402
 from lightning_marl.data.dataset import write_dataset  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 CLIMBING_MODES = [(0, 0), (1, 1), (2, 2)]
 CLIMBING_PROBS = [0.25, 0.45, 0.30]  # the optimal joint action (0, 0) is a minority

@@ -26,7 +26,7 @@ def batches(continuous_transitions):
 
 
 @pytest.mark.parametrize("name, kind", CASES)
-def test_method_trains_and_round_trips(name, kind, batches):
+def test_method_trains_and_round_trips(name, kind, batches, tmp_path):
     batch, spec = batches[kind]
     method = registry.get("algorithm", name)
     torch.manual_seed(0)
@@ -58,6 +58,14 @@ def test_method_trains_and_round_trips(name, kind, batches):
     mask = batch.get(("agents", "action_mask"), None)
     action = module.act(observation, mask)
     assert torch.equal(action, clone.act(observation, mask))
+    # the saved decentralised policy (policy.pt) reproduces the module's actions
+    from lightning_marl.policy import load_policy, save_policy
+
+    save_policy(tmp_path / "policy.pt", module, module.config_yaml)
+    policy = load_policy(tmp_path / "policy.pt")
+    expected = action if kind == DISCRETE else torch.tensor(spec.action_low) + (action + 1) * (
+        torch.tensor(spec.action_high) - torch.tensor(spec.action_low)) / 2
+    torch.testing.assert_close(policy.act(observation, mask), expected)
     if kind == DISCRETE:
         assert action.shape == observation.shape[:2] and action.dtype == torch.int64
     else:

@@ -1,0 +1,151 @@
+"""QMIX-CQL: QMIX value decomposition with double-Q targets and a per-agent CQL penalty (METHODS.md §5, §4)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lightning_marl.algorithms.base import DISCRETE, OfflineMARLModule
+from lightning_marl.config import AlgorithmConfig
+from lightning_marl.data import schema
+from lightning_marl.nets import AgentMLP
+from lightning_marl.nets.qmix import QMIXMixer
+from lightning_marl.registry import register
+
+
+def masked(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``values`` [..., K] with unavailable actions (``mask`` False) set to -inf."""
+    return values if mask is None else values.masked_fill(~mask, float("-inf"))
+
+
+def greedy(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The best AVAILABLE action of each agent: [..., N, K] -> indices [..., N].
+
+    A row with no available action (some datasets mark none at terminal states) gets action 0;
+    its value is then multiplied by (1 - terminated) = 0.
+    """
+    return masked(values, mask).argmax(-1)
+
+
+def chosen(values: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Q_i(o_i, a_i): values [..., N, K] gathered at action indices [..., N] -> [..., N]."""
+    return values.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+
+
+def cql_gap(values: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """logsumexp over available actions of Q_i(o_i, .) minus Q_i(o_i, a_i): [..., N, K] -> [..., N].
+
+    Example:
+        >>> values = torch.tensor([[[1.0, 2.0, 50.0]]])            # one row, one agent, 3 actions
+        >>> mask = torch.tensor([[[True, True, False]]])            # action 2 unavailable
+        >>> cql_gap(values, torch.tensor([[0]]), mask)              # log(e + e^2) - 1
+        tensor([[1.3133]])
+    """
+    return masked(values, mask).logsumexp(-1) - chosen(values, action)
+
+
+@dataclass
+class QMIXCQLConfig(AlgorithmConfig):
+    name: str = "qmix_cql"
+    alpha: float = 1.0  # weight of the CQL penalty
+    mixer_embed: int = 32  # QMIX hypernetwork embedding
+    normalise_observations: bool = False  # [choice] off: discrete (SMAC-like) features come pre-scaled
+
+
+@register("algorithm", "qmix_cql")
+class QMIXCQL(OfflineMARLModule):
+    """QMIX-CQL: agent Q_i(o_i, .) (shared, agent id) mixed by QMIX; double-Q TD targets; a CQL
+    penalty alpha·mean_i(logsumexp over available actions of Q_i - Q_i(a_i)). Discrete actions.
+
+    For plugins (offline value memory): ``q_tot(batch, agent_net, mixer)`` mixes any pair of
+    agent network and mixer (``q``/``mixer``, ``q_target``/``mixer_target`` or a ``frozen_copy()``);
+    ``next_value(batch)`` is the double-Q Q̄_tot(s', a') and ``td_target(batch)`` the TD target before
+    the ``critic_target`` hook.
+
+    Example:
+        >>> from lightning_marl.collect.matrix import matrix_game_transitions
+        >>> batch, spec = matrix_game_transitions("climbing", [(0, 0), (1, 1)], [0.5, 0.5], n=8)
+        >>> module = QMIXCQL.from_spec(spec, hidden=[16, 16], mixer_embed=8)
+        >>> sorted(module.train_step(batch))
+        ['grad_norm/q', 'loss/q']
+        >>> module.q_tot(batch, module.q, module.mixer).shape, module.act(batch["agents", "observation"]).shape
+        (torch.Size([8, 1]), torch.Size([8, 2]))
+    """
+
+    config_class = QMIXCQLConfig
+    supports = (DISCRETE,)
+    hooks = ("augment_batch", "critic_target")
+
+    def build(self) -> None:
+        spec, c = self.spec, self.config
+        self.q = AgentMLP(spec.obs_dim, spec.n_actions, spec.n_agents, c.hidden)
+        self.mixer = QMIXMixer(spec.mixer_state_dim, spec.n_agents, c.mixer_embed)
+        self.q_target = self.add_target(self.q)
+        self.mixer_target = self.add_target(self.mixer)
+
+    def parameter_groups(self):
+        return {"q": [self.q, self.mixer]}
+
+    def policy_prefixes(self) -> tuple[str, ...]:
+        return ("q.", "obs_")
+
+    # ---- values (public: plugins build on these) -------------------------------------------
+    def agent_q(self, agent_net: nn.Module, observation: torch.Tensor) -> torch.Tensor:
+        """Q_i(o_i, .) of every agent: [..., N, O] -> [..., N, K]."""
+        return agent_net(self.normalise_observation(observation))
+
+    def q_tot(self, batch, agent_net: nn.Module, mixer: QMIXMixer, action: torch.Tensor | None = None,
+              next: bool = False) -> torch.Tensor:
+        """Q_tot(s, a) [B, 1] of ``agent_net`` mixed by ``mixer``; a = the dataset's joint action by
+        default; ``next=True`` evaluates at (s', o') (then ``action`` is required)."""
+        if action is None:
+            if next:
+                raise ValueError("q_tot(next=True) needs the next joint action")
+            action = batch.get(schema.ACTION)
+        observation = batch.get(schema.NEXT_OBS if next else schema.OBS)
+        values = chosen(self.agent_q(agent_net, observation), action)
+        return mixer.mix_values(values, self.mixer_state(batch, next=next))
+
+    def frozen_copy(self) -> tuple[nn.Module, QMIXMixer]:
+        """A frozen deep copy of the online agent network and mixer (e.g. an offline value memory)."""
+        q, mixer = copy.deepcopy(self.q), copy.deepcopy(self.mixer)
+        return q.requires_grad_(False), mixer.requires_grad_(False)
+
+    @torch.no_grad()
+    def next_value(self, batch) -> torch.Tensor:
+        """Double Q: Q̄_tot(s', a') [B, 1] at a'_i = argmax over available actions of Q_i(o'_i, .)."""
+        next_action = greedy(self.agent_q(self.q, batch.get(schema.NEXT_OBS)), self.action_mask(batch, next=True))
+        return self.q_tot(batch, self.q_target, self.mixer_target, next_action, next=True)
+
+    @torch.no_grad()
+    def td_target(self, batch, next_value: torch.Tensor | None = None) -> torch.Tensor:
+        """r + gamma (1 - terminated) ``next_value`` [B, 1] (before the critic_target hook)."""
+        next_value = self.next_value(batch) if next_value is None else next_value
+        return batch.get(schema.REWARD) + self.config.gamma * self.not_terminated(batch) * next_value
+
+    # ---- losses ----------------------------------------------------------------------------
+    def conservative_penalty(self, batch, values: torch.Tensor, intermediates: dict | None) -> torch.Tensor:
+        """mean over batch and agents of logsumexp_available Q_i - Q_i(a_i) (subclasses replace it)."""
+        gap = cql_gap(values, batch.get(schema.ACTION), self.action_mask(batch))
+        if intermediates is not None:
+            intermediates["cql_gap"] = gap
+        return gap.mean()
+
+    def losses(self, batch, intermediates: dict | None = None):
+        with torch.no_grad():
+            target = self.critic_target(batch, self.td_target(batch))
+        values = self.agent_q(self.q, batch.get(schema.OBS))
+        q_tot = self.mixer.mix_values(chosen(values, batch.get(schema.ACTION)), self.mixer_state(batch))
+        td_loss = ((q_tot - target) ** 2).mean()
+        penalty = self.conservative_penalty(batch, values, intermediates)
+        if intermediates is not None:
+            intermediates.update(target=target, q_tot=q_tot, td_loss=td_loss, penalty=penalty)
+        return {"q": td_loss + self.config.alpha * penalty}
+
+    @torch.no_grad()
+    def act(self, observation, mask=None):
+        """The greedy available action of each agent under its own Q_i: [..., N, O] -> [..., N]."""
+        return greedy(self.agent_q(self.q, observation), mask)

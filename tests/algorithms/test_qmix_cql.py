@@ -1,0 +1,184 @@
+"""QMIX-CQL: the masked CQL penalty, the double-Q target and the QMIX mixer, by hand; climbing game."""
+
+import math
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from lightning_marl.algorithms.qmix_cql import QMIXCQL, greedy
+from lightning_marl.collect.matrix import matrix_game_transitions
+from lightning_marl.data import schema
+from lightning_marl.data.datamodule import OfflineDataModule
+from lightning_marl.nets.qmix import QMIXMixer
+from lightning_marl.plugin import Plugin
+
+T, F = True, False
+SPEC_GAME = matrix_game_transitions("climbing", [(0, 0)], [1.0], n=1)[1]  # 2 agents, 3 actions, obs 1, state 2
+
+
+class TableQ(nn.Module):
+    """Q_i(o_i, .) looked up from a table [n_obs, N, K] by the (integer) observation value."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.register_buffer("table", torch.as_tensor(table, dtype=torch.float32))
+
+    def forward(self, observation):
+        index = observation[..., 0].long()  # [..., N]
+        return self.table[index, torch.arange(self.table.shape[1])]
+
+
+class SumMixer(nn.Module):
+    def mix_values(self, values, state):
+        return values.sum(-1, keepdim=True)
+
+
+def make_batch(action, mask, next_mask, reward, terminated, truncated, obs=0, next_obs=1):
+    b = len(action)
+    terminated = torch.tensor(terminated).reshape(b, 1)
+    truncated = torch.tensor(truncated).reshape(b, 1)
+    return TensorDict(
+        {
+            schema.OBS: torch.full((b, 2, 1), float(obs)), schema.NEXT_OBS: torch.full((b, 2, 1), float(next_obs)),
+            schema.STATE: torch.zeros(b, 2), schema.NEXT_STATE: torch.zeros(b, 2),
+            schema.ACTION: torch.tensor(action), schema.ACTION_MASK: torch.tensor(mask),
+            schema.NEXT_ACTION_MASK: torch.tensor(next_mask), schema.REWARD: torch.tensor(reward).reshape(b, 1),
+            schema.TERMINATED: terminated, schema.TRUNCATED: truncated, schema.DONE: terminated | truncated,
+            schema.EPISODE: torch.arange(b),
+        },
+        [b],
+    )
+
+
+# obs 0: agent 0 [1, 2, 0], agent 1 [0, 3, 1]; obs 1 (next): online and target tables differ.
+CURRENT = [[1.0, 2.0, 0.0], [0.0, 3.0, 1.0]]
+ONLINE_NEXT = [[5.0, 4.0, 9.0], [1.0, 7.0, 2.0]]
+TARGET_NEXT = [[10.0, 20.0, 30.0], [100.0, 200.0, 300.0]]
+BATCH = dict(
+    action=[[0, 2], [1, 1]],
+    mask=[[[T, T, F], [T, T, T]], [[F, T, T], [T, T, F]]],
+    next_mask=[[[T, T, F], [T, F, T]]] * 2,
+    reward=[1.0, 2.0], terminated=[F, T], truncated=[T, F],
+)
+
+
+def fixed_module(**overrides):
+    module = QMIXCQL.from_spec(SPEC_GAME, hidden=[8, 8], **overrides)
+    module.q = TableQ([CURRENT, ONLINE_NEXT])
+    module.q_target = TableQ([CURRENT, TARGET_NEXT])
+    module.mixer = module.mixer_target = SumMixer()
+    return module
+
+
+def test_cql_penalty_excludes_unavailable_actions():
+    parts = {}
+    fixed_module().losses(make_batch(**BATCH), parts)
+    e = math.e
+    expected = torch.tensor([
+        [math.log(e + e**2) - 1, math.log(1 + e**3 + e) - 3 + 2],  # row 0: a = (0, 2); action 2 of agent 0 masked
+        [math.log(e**2 + 1) - 2, math.log(1 + e**3) - 3],  # row 1: a = (1, 1); agent 0's a0, agent 1's a2 masked
+    ])
+    torch.testing.assert_close(parts["cql_gap"], expected)
+    assert parts["penalty"].item() == pytest.approx(expected.mean().item(), rel=1e-6)
+
+
+def test_double_q_target_uses_online_argmax_over_available_next_actions():
+    parts = {}
+    module = fixed_module()
+    losses = module.losses(make_batch(**BATCH), parts)
+    # online argmax over AVAILABLE next actions: agent 0 -> 0 (9 masked), agent 1 -> 2 (7 masked);
+    # the target tables evaluate there: 10 + 300. Row 0 is truncated (bootstraps), row 1 terminated.
+    torch.testing.assert_close(parts["target"], torch.tensor([[1.0 + 0.99 * 310.0], [2.0]]))
+    q_tot = torch.tensor([[1.0 + 1.0], [2.0 + 3.0]])  # dataset actions under the sum mixer
+    td = ((q_tot - parts["target"]) ** 2).mean()
+    assert losses["q"].item() == pytest.approx((td + parts["penalty"]).item(), rel=1e-6)
+    assert fixed_module(alpha=0.0).losses(make_batch(**BATCH))["q"].item() == pytest.approx(td.item(), rel=1e-6)
+
+
+def test_critic_target_hook_receives_the_td_target():
+    class Shift(Plugin):
+        def critic_target(self, batch, target, module):
+            return target + 100.0
+
+    module = fixed_module()
+    module.plugins = [Shift()]
+    parts = {}
+    module.losses(make_batch(**BATCH), parts)
+    torch.testing.assert_close(parts["target"], module.td_target(make_batch(**BATCH)) + 100.0)
+
+
+def test_act_is_greedy_over_available_actions():
+    torch.manual_seed(0)
+    values = torch.randn(50, 2, 3)
+    mask = torch.rand(50, 2, 3) < 0.5
+    mask[..., 1] |= ~mask.any(-1)  # at least one available action per agent
+    picked = greedy(values, mask)
+    assert mask.gather(-1, picked.unsqueeze(-1)).all()
+    torch.testing.assert_close(values.gather(-1, picked.unsqueeze(-1)).squeeze(-1),
+                               values.masked_fill(~mask, -1e9).max(-1).values)
+    module = QMIXCQL.from_spec(SPEC_GAME, hidden=[8, 8])
+    observation = torch.randn(50, 2, 1)
+    assert torch.equal(module.act(observation, mask), greedy(module.q(observation), mask))
+
+
+def test_mixer_is_torchrl_qmix_and_mixes_many_joint_actions_at_once():
+    torch.manual_seed(0)
+    mixer = QMIXMixer(state_dim=4, n_agents=3, embed_dim=32)
+    state, values = torch.randn(6, 4), torch.randn(6, 5, 3, requires_grad=True)
+    mixed = mixer.mix_values(values, state)
+    assert mixed.shape == (6, 5, 1)
+    for m in range(5):  # torchrl's forward, one joint action at a time
+        torch.testing.assert_close(mixed[:, m], mixer(values[:, m].unsqueeze(-1), state))
+    (gradient,) = torch.autograd.grad(mixed.sum(), values)
+    assert (gradient >= 0).all()  # monotonic in every agent's value
+
+
+def test_q_tot_helpers_and_frozen_copy(climbing_dataset):
+    module = QMIXCQL.from_spec(climbing_dataset.spec, hidden=[8, 8], mixer_embed=4)
+    batch = climbing_dataset.transitions[:16]
+    values = module.q(batch[schema.OBS]).gather(-1, batch[schema.ACTION].unsqueeze(-1))
+    torch.testing.assert_close(module.q_tot(batch, module.q, module.mixer), module.mixer(values, batch[schema.STATE]))
+    q, mixer = module.frozen_copy()
+    assert not any(p.requires_grad for p in [*q.parameters(), *mixer.parameters()])
+    torch.testing.assert_close(module.q_tot(batch, q, mixer), module.q_tot(batch, module.q, module.mixer))
+    assert all(k.startswith(("q.", "obs_")) for k in module.state_dict() if k.startswith(module.policy_prefixes()))
+    with pytest.raises(ValueError, match="next joint action"):
+        module.q_tot(batch, q, mixer, next=True)
+
+
+def test_saved_policy_holds_the_agent_q_network(tmp_path, climbing_dataset):
+    from lightning_marl.policy import load_policy, save_policy
+
+    module = QMIXCQL.from_spec(climbing_dataset.spec, hidden=[8, 8], mixer_embed=4)
+    save_policy(tmp_path / "policy.pt", module, module.config_yaml)
+    saved = torch.load(tmp_path / "policy.pt", weights_only=True)["state_dict"]
+    assert saved and all(k.startswith("q.") for k in saved)
+    observation, mask = torch.randn(7, 2, 1), torch.rand(7, 2, 3) < 0.7
+    mask[..., 0] = True
+    assert torch.equal(load_policy(tmp_path / "policy.pt").act(observation, mask), module.act(observation, mask))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks: one intra-op thread is faster, and immune to a busy shared CPU (2 threads then crawl)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def greedy_joint_action(method, dataset, seed, steps=300, **hparams):
+    torch.manual_seed(seed)
+    module = method.from_spec(dataset.spec, hidden=[64, 64], **hparams)
+    datamodule = OfflineDataModule(dataset, batch_size=128, seed=seed)
+    for iteration in range(steps):
+        module.train_step(datamodule.sample(iteration))
+    return tuple(module.act(torch.zeros(1, 2, 1), torch.ones(1, 2, 3, dtype=torch.bool))[0].tolist())
+
+
+def test_qmix_cql_stays_within_the_data_on_the_climbing_game(climbing_dataset, one_thread):
+    picks = [greedy_joint_action(QMIXCQL, climbing_dataset, seed) for seed in range(5)]
+    print("qmix_cql picks", picks)
+    assert sum(p in [(0, 0), (1, 1), (2, 2)] for p in picks) >= 4, picks
