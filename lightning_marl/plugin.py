@@ -16,7 +16,9 @@ hook                                                   called / returns
 ``augment_batch(batch, module)``                       every step before the losses / a batch
                                                        of the same size
 ``actor_regulariser(batch, actions, module, agent)``   in the actor update / a score [B, N, A]
-``critic_target(batch, target, module)``               in the critic loss / a new target [B, 1]
+``critic_target(batch, target, module)``               in the critic loss / a new target of the
+                                                       same shape: [B, 1] (mixed critics) or
+                                                       [B, N] (per-agent critics)
 ``explore(td, module)``                                in online collection only / actions
 ``state_dict()`` / ``load_state_dict(state)``          with checkpoints (tensors and plain data)
 =====================================================  ========================================
