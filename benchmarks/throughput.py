@@ -12,8 +12,9 @@ dimension 1, state = the concatenated observations' size 17·n, MLPs 2x256, mixe
   built each step by concatenating one-hot agent ids, each loss from its own network calls, a
   separate backward + clip + Adam step per group (policy, Q+mixer, V) and a per-parameter Python
   loop for the Polyak update. Same networks, same equations (METHODS.md §1), same FLOPs.
-  At start-up its losses, and its parameters after one full training step, are compared with
-  ours from the same initial weights and batch ("baseline matches ours").
+  At start-up, from the same initial weights and batch, its three losses and its clipped
+  gradients are checked against ours to 1e-5 ("baseline matches ours"); the parameter
+  difference after one full step (Adam, Polyak) is printed too.
 * **lightning** (``--lightning``): the same OMIGA through a real ``lightning.Trainer`` fit loop
   (manual optimisation, ``OfflineDataModule`` sampling from a small dataset written with
   ``write_dataset``), so this column includes batch sampling and the Trainer's per-step overhead;
@@ -26,10 +27,15 @@ Ours and the plain loop train on a pool of 64 random batches built in advance (s
 excluded; the plain loop also gets its tensors pre-extracted from the TensorDict). Timings on
 these machines drift by ±20 % over minutes, so after a warm-up every round measures each variant
 (order alternating between rounds) for ``--seconds`` and the table reports medians over rounds.
+The machine may be shared: a measurement during which other processes kept more than
+``--max-other-load`` cores busy (read from /proc) is retried once the machine is quiet, left out
+of the medians if it stays disturbed, and rounds continue (up to ``--max-rounds``) until every
+column has ``--rounds`` undisturbed measurements; a ``*`` marks a value with none.
 
 Run:
     python benchmarks/throughput.py --agents 3 6
     python benchmarks/throughput.py --agents 3 6 --lightning --seconds 3 --rounds 5 --threads 2
+    python benchmarks/throughput.py --agents 3 --profile      # also where our step's time goes
 """
 
 from __future__ import annotations
@@ -422,19 +428,88 @@ class _Clock(L.Callback):
             trainer.should_stop = True
 
 
-def fmt(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+class OtherLoad:
+    """How many cores OTHER processes kept busy while a measurement ran (Linux /proc; else 0).
+
+    This machine is shared; with torch's threads on every core, a concurrent process makes the
+    threads wait for each other and a step can become 10-100x slower. A measurement during which
+    others used more than ``threshold`` cores is retried once the machine is quiet again (waiting
+    at most ``patience`` seconds over the whole run), and left out of the medians if it stays disturbed.
+    """
+
+    def __init__(self, threshold: float, retries: int, patience: float):
+        self.threshold, self.retries, self.wait_left = threshold, retries, patience
+        self.available = os.path.exists("/proc/stat") and os.path.exists("/proc/self/stat")
+        self.tick = os.sysconf("SC_CLK_TCK") if self.available else 100
+        self.discarded = 0
+
+    def _read(self) -> tuple[int, int, float]:
+        with open("/proc/stat") as handle:
+            fields = [int(x) for x in handle.readline().split()[1:]]
+        busy = sum(fields) - fields[3] - fields[4]  # everything but idle and iowait
+        with open("/proc/self/stat") as handle:
+            after_name = handle.read().rsplit(")", 1)[1].split()
+        own = int(after_name[11]) + int(after_name[12])  # utime + stime of all our threads
+        return busy, own, time.perf_counter()
+
+    def _others(self, before, after) -> float:
+        return ((after[0] - before[0]) - (after[1] - before[1])) / self.tick / (after[2] - before[2])
+
+    def wait_quiet(self) -> bool:
+        """Wait for one second in which others stay under the threshold (within the wait budget)."""
+        if not self.available:
+            return True
+        while self.wait_left > 0:
+            before = self._read()
+            time.sleep(1.0)
+            self.wait_left -= 1.0
+            if self._others(before, self._read()) <= self.threshold:
+                return True
+        return False
+
+    def measure(self, fn) -> tuple[float, bool]:
+        """(fn(), undisturbed); retried after a wait while other processes were busy."""
+        if not self.available:
+            return fn(), True
+        for attempt in range(self.retries + 1):
+            before = self._read()
+            value = fn()
+            if self._others(before, self._read()) <= self.threshold:
+                return value, True
+            self.discarded += 1
+            if attempt < self.retries:
+                self.wait_quiet()
+        return value, False
+
+
+def median(results: list[tuple[float, bool]]) -> tuple[float | None, bool]:
+    """Median of the clean values (clean=True), else of all of them (clean=False)."""
+    clean = [value for value, ok in results if ok]
+    values = clean or [value for value, _ in results]
+    return (statistics.median(values) if values else None), bool(clean)
+
+
+def fmt(value: float | None, clean: bool = True, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}" + ("" if clean else "*")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, nargs="+", default=[3, 6])
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are reported")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating rounds; more (up to --max-rounds) until every column has this many "
+                             "undisturbed measurements; medians of those are reported")
+    parser.add_argument("--max-rounds", type=int, default=None, help="default: 2 x --rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--lightning", action="store_true", help="add a lightning.Trainer column")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per variant")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of our step")
+    parser.add_argument("--max-other-load", type=float, default=0.1,
+                        help="retry a measurement if other processes kept more than this many cores busy")
+    parser.add_argument("--retries", type=int, default=2, help="retries of a measurement disturbed by others")
+    parser.add_argument("--patience", type=float, default=300.0,
+                        help="seconds (whole run) to wait for a quiet machine before rounds and retries")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -447,7 +522,7 @@ def main(argv=None) -> None:
           f"{datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"# load average (1 min) at start {os.getloadavg()[0]:.2f}: above ~1 means other processes share the cores")
     print(f"# batch {BATCH}, obs {OBS_DIM}, action {ACTION_DIM} continuous, hidden 256x2, mixer 64; "
-          f"{args.rounds} rounds x {args.seconds:g} s per measurement, medians")
+          f"{args.seconds:g} s per measurement, medians of {args.rounds} or more undisturbed rounds")
 
     for n in args.agents:
         ok, detail = check_equivalence(n)
@@ -474,36 +549,52 @@ def main(argv=None) -> None:
         print(f"# {n} agents: matmul FLOPs per step (forward+backward): ours {flops / 1e6:.1f} M, "
               f"plain loop {plain_flops / 1e6:.1f} M")
 
+    load = OtherLoad(args.max_other_load, args.retries, args.patience)
+    max_rounds = args.max_rounds or 2 * args.rounds
     peaks = []
-    for r in range(args.rounds):
-        peaks.append(matmul_gflops(min(args.seconds, 1.5)))
+
+    def enough() -> bool:
+        cells = [peaks] + [values for s in setups.values() for name, values in s["results"].items()
+                           if name != "lightning" or s["runner"] is not None]
+        return all(sum(ok for _, ok in values) >= args.rounds for values in cells)
+
+    r = 0
+    while r < max_rounds and (r < args.rounds or not enough()):
+        load.wait_quiet()
+        peaks.append(load.measure(lambda: matmul_gflops(min(args.seconds, 1.5))))
         for n, s in setups.items():
             order = ["ours", "plain"] if r % 2 == 0 else ["plain", "ours"]
             for name in order:
                 step, items = s[name]
-                s["results"][name].append(steps_per_second(step, items, args.seconds))
+                s["results"][name].append(load.measure(lambda: steps_per_second(step, items, args.seconds)))
             if s["runner"] is not None:
-                s["results"]["lightning"].append(s["runner"].run(args.seconds))
-        print(f"# round {r + 1}/{args.rounds}: peak {peaks[-1]:.0f} GFLOP/s; " + "; ".join(
-            f"{n} agents ours {s['results']['ours'][-1]:.1f}, plain {s['results']['plain'][-1]:.1f}"
-            + (f", lightning {s['results']['lightning'][-1]:.1f}" if s["runner"] else "")
+                s["results"]["lightning"].append(load.measure(lambda: s["runner"].run(args.seconds)))
+        r += 1
+        print(f"# round {r}: peak {fmt(*peaks[-1], digits=0)} GFLOP/s; " + "; ".join(
+            f"{n} agents " + ", ".join(f"{name} {fmt(*values[-1])}" for name, values in s["results"].items() if values)
             for n, s in setups.items()), flush=True)
     if tmp is not None:
         tmp.cleanup()
 
-    peak = statistics.median(peaks)
-    print(f"# load average (1 min) at end {os.getloadavg()[0]:.2f} (this benchmark itself counts ~{threads})")
+    peak, peak_clean = median(peaks)
+    print(f"# load average (1 min) at end {os.getloadavg()[0]:.2f} (this benchmark itself counts ~{threads}); "
+          f"{load.discarded} measurement(s) retried because other processes used > {args.max_other_load:g} cores, "
+          f"{args.patience - load.wait_left:.0f} s spent waiting for quiet"
+          + ("" if load.available else " (not checked: no /proc)"))
+    print("# * in a round line: disturbed even after the retries, left out of the medians; * in the table: no "
+          "undisturbed measurement in any round, the median of disturbed ones (not to be trusted)")
     print()
     print("| agents | ours steps/s | plain loop steps/s | ratio | ours GFLOP/s | peak GFLOP/s | fraction of peak "
           "| lightning steps/s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, s in setups.items():
-        ours = statistics.median(s["results"]["ours"])
-        plain = statistics.median(s["results"]["plain"])
-        light = statistics.median(s["results"]["lightning"]) if s["results"]["lightning"] else None
+        (ours, ours_clean), (plain, plain_clean) = median(s["results"]["ours"]), median(s["results"]["plain"])
+        light, light_clean = median(s["results"]["lightning"])
         achieved = s["flops"] * ours / 1e9
-        print(f"| {n} | {ours:.1f} | {plain:.1f} | {ours / plain:.2f} | {achieved:.1f} | {peak:.0f} "
-              f"| {achieved / peak:.1%} | {fmt(light)} |")
+        ratio = fmt(ours / plain, ours_clean and plain_clean, 2)
+        print(f"| {n} | {fmt(ours, ours_clean)} | {fmt(plain, plain_clean)} | {ratio} "
+              f"| {fmt(achieved, ours_clean)} | {fmt(peak, peak_clean, 0)} "
+              f"| {achieved / peak:.1%}{'' if ours_clean and peak_clean else '*'} | {fmt(light, light_clean)} |")
     if args.profile:
         for n, s in setups.items():
             profile_step(n, *s["ours"])
