@@ -124,7 +124,7 @@ def fit(cfg, datamodule_class=OfflineDataModule, extra_callbacks=()) -> dict:
         "id": dataset.id, "checksum": dataset.checksum, "path": str(dataset.path),
         "reference_returns": dataset.reference_returns,
     }
-    module.config_yaml, module.dataset_info = config_yaml, dataset_info
+    module.config_yaml, module.dataset_info, module.seed = config_yaml, dataset_info, cfg.seed
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_launching_process():
         atomic_write_text(run_dir / "config.yaml", config_yaml)

@@ -69,14 +69,25 @@ def test_fit_writes_a_complete_run_directory(tmp_path, climbing_dataset):
     assert result["episodes"] == 4 and result["return_mean"] == evaluation["final"]["return_mean"]
 
 
-def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, climbing_dataset):
+@pytest.mark.parametrize("algorithm, data", [("omiga", "climbing_dataset"), ("macql", "continuous_dataset"),
+                                             ("omar", "continuous_dataset")])
+def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, algorithm, data, request):
+    dataset = request.getfixturevalue(data)
+
+    def cfg(run_dir, *extra):
+        return load_config(None, [
+            f"algorithm.name={algorithm}", "algorithm.steps=20", "algorithm.batch_size=16", "algorithm.hidden=[16,16]",
+            f"data.path={dataset.path}", "env=null", f"run_dir={run_dir}", "progress=false", "log_every=5",
+            "checkpoint_every=10", "seed=3", *extra,
+        ])
+
     full = tmp_path / "full"
-    fit(_cfg(climbing_dataset, full, "eval.every=0"))
+    fit(cfg(full))
     broken = tmp_path / "broken"
     with pytest.raises(RuntimeError, match="simulated"):
-        fit(_cfg(climbing_dataset, broken, "eval.every=0"), extra_callbacks=[CrashAt(10)])
+        fit(cfg(broken), extra_callbacks=[CrashAt(10)])
     assert _checkpoint(broken)["lightning_marl"]["iteration"] == 10
-    fit(_cfg(climbing_dataset, broken, "eval.every=0", f"resume={broken}"))
+    fit(cfg(broken, f"resume={broken}"))
 
     a, b = _checkpoint(full), _checkpoint(broken)
     assert b["lightning_marl"]["iteration"] == 20

@@ -20,6 +20,7 @@ from torch import nn
 
 from lightning_marl.config import AlgorithmConfig
 from lightning_marl.data import schema
+from lightning_marl.data.datamodule import sample_seed
 from lightning_marl.data.schema import TaskSpec
 from lightning_marl.errors import ConfigError, PluginError, TrainingError
 from lightning_marl.nets.target import polyak_update
@@ -56,6 +57,8 @@ class OfflineMARLModule(L.LightningModule):
         self.dataset_info: dict = {}
         self.last_stats: dict[str, float] = {}
         self.interrupted_at: int | None = None  # set when a signal stopped training early
+        self.seed = 0  # the run's seed (set by the runner); with rank and iteration it seeds self.rng
+        self._rng: torch.Generator | None = None
         self._target_pairs: list[tuple[nn.Module, nn.Module]] = []
         self._standalone_optimizers = None
         self._last_log_time = None
@@ -174,12 +177,28 @@ class OfflineMARLModule(L.LightningModule):
             self._standalone_optimizers = self._make_optimizers()
         return self._standalone_optimizers
 
+    @property
+    def rng(self) -> torch.Generator:
+        """The generator for a method's own randomness (target noise, sampled actions, searches).
+
+        Re-seeded at every iteration from (seed, rank, iteration), like the batch sampler: a
+        resumed run and every DDP rank reproduce it without saving any RNG state.
+        """
+        if self._rng is None or self._rng.device != self.device:
+            self._rng = torch.Generator(device=self.device)
+        return self._rng
+
+    def _seed_rng(self) -> None:
+        rank = self.global_rank if self._trainer is not None else 0
+        self.rng.manual_seed(sample_seed(self.seed, rank, self.iteration) ^ 0x5EED)
+
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         """One training iteration: losses, one backward, clip, step every optimiser, targets.
 
         Works inside a Trainer and standalone (tests, benchmarks). Returns the losses (detached)
         and the gradient norms before clipping.
         """
+        self._seed_rng()
         batch = self.augment_batch(batch)
         losses = self.losses(batch)
         groups = list(self.group_parameters)

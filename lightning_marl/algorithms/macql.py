@@ -122,10 +122,10 @@ class MACQL(OfflineMARLModule):
         """Actions a_j [B, 3S, N, A] and log p(a_j) [B, 3S, N]: S uniform, S from pi(.|o), S from pi(.|o')."""
         b, n, a = *observation.shape[:2], self.spec.action_dim
         s = self.config.cql_samples
-        uniform = torch.rand(b, s, n, a, device=observation.device) * 2 - 1
+        uniform = torch.rand(b, s, n, a, device=observation.device, generator=self.rng) * 2 - 1
         uniform_log_density = torch.full((b, s, n), -a * math.log(2), device=observation.device)
-        current, current_log_density = tanh_gaussian_rsample(self.actor, observation, s)
-        following, following_log_density = tanh_gaussian_rsample(self.actor, next_observation, s)
+        current, current_log_density = tanh_gaussian_rsample(self.actor, observation, s, generator=self.rng)
+        following, following_log_density = tanh_gaussian_rsample(self.actor, next_observation, s, generator=self.rng)
         return (torch.cat([uniform, current, following], 1),
                 torch.cat([uniform_log_density, current_log_density, following_log_density], 1))
 
@@ -136,7 +136,7 @@ class MACQL(OfflineMARLModule):
         action = batch.get(schema.ACTION)
         temperature = self.temperature()
         with torch.no_grad():
-            next_action, next_log_pi = tanh_gaussian_rsample(self.actor, next_observation)
+            next_action, next_log_pi = tanh_gaussian_rsample(self.actor, next_observation, generator=self.rng)
             next_q = self.q_target(next_observation, next_action).min(-1).values  # [B, N]
             soft_value = next_q - temperature * next_log_pi if c.backup_entropy else next_q
             target = batch.get(schema.REWARD) + c.gamma * self.not_terminated(batch) * soft_value  # [B, N]
@@ -147,7 +147,7 @@ class MACQL(OfflineMARLModule):
         gap = cql_gap(q_samples, log_density, q_data)
         q_loss = td_loss + c.alpha * twin_sum(gap)
 
-        new_action, log_pi = tanh_gaussian_rsample(self.actor, observation)
+        new_action, log_pi = tanh_gaussian_rsample(self.actor, observation, generator=self.rng)
         q_pi = call_with_frozen_params(self.q, observation, new_action).min(-1).values
         losses = {"policy": (temperature.detach() * log_pi - q_pi).mean(), "q": q_loss}
         if c.learn_temperature:

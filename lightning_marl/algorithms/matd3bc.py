@@ -78,7 +78,7 @@ class MATD3BC(OfflineMARLModule):
         """r + gamma (1-d) min_k Q̄_k(o'_i, clip(pī(o'_i) + clip(noise))): [B, N]."""
         c = self.config
         next_action = self.actor_target(next_observation)
-        noise = (torch.randn_like(next_action) * c.policy_noise).clamp(-c.noise_clip, c.noise_clip)
+        noise = (torch.randn(next_action.shape, device=next_action.device, generator=self.rng) * c.policy_noise).clamp(-c.noise_clip, c.noise_clip)
         next_action = (next_action + noise).clamp(-1.0, 1.0)
         q_next = self.q_target(next_observation, next_action).min(0).values
         target = batch.get(schema.REWARD) + c.gamma * self.not_terminated(batch) * q_next

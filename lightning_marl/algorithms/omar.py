@@ -67,10 +67,10 @@ class OMAR(MATD3BC):
         """The 3M sampled actions [3M, B, N, A] and their log-densities log p [3M, B, N]."""
         c, a = self.config, self.spec.action_dim
         m = c.cql_samples
-        uniform = torch.rand(m, *observation.shape[:-1], a, device=observation.device) * 2 - 1
+        uniform = torch.rand(m, *observation.shape[:-1], a, device=observation.device, generator=self.rng) * 2 - 1
         log_uniform = torch.full(uniform.shape[:-1], -a * math.log(2.0), device=observation.device)
         mean = self.actor(torch.stack([observation, next_observation]))  # [2, B, N, A]
-        noise = torch.randn(m, *mean.shape, device=mean.device) * c.cql_policy_noise
+        noise = torch.randn(m, *mean.shape, device=mean.device, generator=self.rng) * c.cql_policy_noise
         policy = (mean + noise).clamp(-1.0, 1.0).flatten(0, 1)  # [2M, B, N, A]: at o, then at o'
         log_policy = -(noise**2 / (2 * c.cql_policy_noise**2) + math.log(c.cql_policy_noise)
                        + 0.5 * math.log(2 * math.pi)).sum(-1).flatten(0, 1)
@@ -103,7 +103,7 @@ class OMAR(MATD3BC):
         std = torch.full_like(pi, c.search_std)
         expanded = observation.expand(c.search_samples, *observation.shape)
         for _ in range(c.search_iters):
-            samples = (mean + std * torch.randn(c.search_samples, *pi.shape, device=pi.device)).clamp(-1.0, 1.0)
+            samples = (mean + std * torch.randn(c.search_samples, *pi.shape, device=pi.device, generator=self.rng)).clamp(-1.0, 1.0)
             q = self.q(expanded, samples, members=1)[0]  # [S, B, N]
             top_q, top = q.topk(c.search_elites, dim=0)  # sorted: top_q[0] is the best sample
             elites = samples.gather(0, top.unsqueeze(-1).expand(-1, *pi.shape))
