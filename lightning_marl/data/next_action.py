@@ -14,7 +14,7 @@ from tensordict import TensorDictBase
 from lightning_marl.data import schema
 from lightning_marl.errors import DatasetError
 
-NEXT_ACTION = ("next", schema.GROUP, "action")
+NEXT_ACTION = schema.NEXT_ACTION
 
 
 def add_next_actions(transitions: TensorDictBase) -> TensorDictBase:

@@ -30,6 +30,7 @@ STATE = "state"
 EPISODE = "episode"
 NEXT_OBS = ("next", GROUP, "observation")
 NEXT_ACTION_MASK = ("next", GROUP, "action_mask")
+NEXT_ACTION = ("next", GROUP, "action")  # optional: the next row's action (in-sample methods like ICQ)
 NEXT_AGENT_STATE = ("next", GROUP, "state")
 NEXT_STATE = ("next", "state")
 AGENT_REWARD = ("next", GROUP, "reward")
@@ -125,11 +126,11 @@ def expected_shapes(spec: TaskSpec) -> dict:
     }
     if spec.discrete:
         k = spec.n_actions
-        shapes[ACTION] = (torch.int64, (n,))
+        shapes[ACTION] = shapes[NEXT_ACTION] = (torch.int64, (n,))
         shapes[ACTION_MASK] = (torch.bool, (n, k))
         shapes[NEXT_ACTION_MASK] = (torch.bool, (n, k))
     else:
-        shapes[ACTION] = (torch.float32, (n, spec.action_dim))
+        shapes[ACTION] = shapes[NEXT_ACTION] = (torch.float32, (n, spec.action_dim))
     if spec.agent_state_dim:
         shapes[AGENT_STATE] = (torch.float32, (n, spec.agent_state_dim))
         shapes[NEXT_AGENT_STATE] = (torch.float32, (n, spec.agent_state_dim))
@@ -137,7 +138,7 @@ def expected_shapes(spec: TaskSpec) -> dict:
 
 
 REQUIRED = (OBS, NEXT_OBS, STATE, NEXT_STATE, ACTION, REWARD, TERMINATED, TRUNCATED, DONE, EPISODE)
-OPTIONAL = (AGENT_REWARD, WON, AGENT_STATE, NEXT_AGENT_STATE)
+OPTIONAL = (AGENT_REWARD, WON, AGENT_STATE, NEXT_AGENT_STATE, NEXT_ACTION)
 
 
 def validate_transitions(td: TensorDictBase, spec: TaskSpec, where: str = "dataset") -> None:
