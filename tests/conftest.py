@@ -17,6 +17,15 @@ from lightning_marl.data.dataset import write_dataset  # noqa: E402
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
+@pytest.fixture
+def one_thread():
+    """Tiny networks: one intra-op thread is faster, and steady on a busy shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 CLIMBING_MODES = [(0, 0), (1, 1), (2, 2)]
 CLIMBING_PROBS = [0.25, 0.45, 0.30]  # the optimal joint action (0, 0) is a minority
 

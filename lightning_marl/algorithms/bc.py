@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from lightning_marl.algorithms.base import CONTINUOUS, DISCRETE, OfflineMARLModule
 from lightning_marl.config import AlgorithmConfig
 from lightning_marl.data import schema
-from lightning_marl.nets import CategoricalActor, TanhGaussianActor
+from lightning_marl.nets.actors import stochastic_actor
 from lightning_marl.registry import register
 
 
@@ -32,23 +32,14 @@ class BC(OfflineMARLModule):
     hooks = ("augment_batch",)
 
     def build(self) -> None:
-        spec, hidden = self.spec, self.config.hidden
-        if spec.discrete:
-            self.actor = CategoricalActor(spec.obs_dim, spec.n_actions, spec.n_agents, hidden)
-        else:
-            self.actor = TanhGaussianActor(spec.obs_dim, spec.action_dim, spec.n_agents, hidden)
+        self.actor = stochastic_actor(self.spec, self.config.hidden)
 
     def parameter_groups(self):
         return {"policy": [self.actor]}
 
-    def log_prob(self, batch):
-        observation, action = batch.get(schema.OBS), batch.get(schema.ACTION)
-        if self.spec.discrete:
-            return self.actor.log_prob(observation, action, self.action_mask(batch))
-        return self.actor.log_prob(observation, action)
-
     def losses(self, batch):
-        return {"policy": -self.log_prob(batch).mean()}
+        log_pi = self.actor.log_prob(batch.get(schema.OBS), batch.get(schema.ACTION), self.action_mask(batch))
+        return {"policy": -log_pi.mean()}
 
     def act(self, observation, mask=None):
-        return self.actor.act(observation, mask) if self.spec.discrete else self.actor.act(observation)
+        return self.actor.act(observation, mask)

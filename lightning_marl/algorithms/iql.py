@@ -10,7 +10,7 @@ import torch
 from lightning_marl.algorithms.base import CONTINUOUS, DISCRETE, OfflineMARLModule
 from lightning_marl.config import AlgorithmConfig
 from lightning_marl.data import schema
-from lightning_marl.nets import AgentMLP, CategoricalActor, TanhGaussianActor
+from lightning_marl.nets import AgentMLP, stochastic_actor
 from lightning_marl.nets.critics import AgentQ, central_critics, expectile_loss
 from lightning_marl.registry import register
 
@@ -56,10 +56,7 @@ class IQL(OfflineMARLModule):
     def build(self) -> None:
         spec, c = self.spec, self.config
         n, o = spec.n_agents, spec.obs_dim
-        if spec.discrete:
-            self.actor = CategoricalActor(o, spec.n_actions, n, c.hidden)
-        else:
-            self.actor = TanhGaussianActor(o, spec.action_dim, n, c.hidden)
+        self.actor = stochastic_actor(spec, c.hidden)
         if c.centralised:
             self.q, self.v = central_critics(spec, c.hidden)
         else:
@@ -103,14 +100,11 @@ class IQL(OfflineMARLModule):
         v_loss = expectile_loss(q_bar - v, c.expectile)
 
         weight = self.advantage_weight(q_bar - v.detach())  # [B, N], or [B, 1] shared by the agents
-        if self.spec.discrete:
-            log_pi = self.actor.log_prob(observation, action, self.action_mask(batch))
-        else:
-            log_pi = self.actor.log_prob(observation, action)
+        log_pi = self.actor.log_prob(observation, action, self.action_mask(batch))
         policy_loss = -(weight * log_pi).mean()
         if intermediates is not None:
             intermediates.update(q_bar=q_bar, v=v, target=target, weight=weight, log_pi=log_pi)
         return {"policy": policy_loss, "q": q_loss, "v": v_loss}
 
     def act(self, observation, mask=None):
-        return self.actor.act(observation, mask) if self.spec.discrete else self.actor.act(observation)
+        return self.actor.act(observation, mask)

@@ -9,7 +9,7 @@ import torch
 from lightning_marl.algorithms.base import CONTINUOUS, DISCRETE, OfflineMARLModule
 from lightning_marl.config import AlgorithmConfig
 from lightning_marl.data import schema
-from lightning_marl.nets import AgentMLP, CategoricalActor, OMIGAMixer, TanhGaussianActor
+from lightning_marl.nets import AgentMLP, OMIGAMixer, stochastic_actor
 from lightning_marl.registry import register
 
 
@@ -43,11 +43,10 @@ class OMIGA(OfflineMARLModule):
     def build(self) -> None:
         spec, c = self.spec, self.config
         n, o = spec.n_agents, spec.obs_dim
+        self.actor = stochastic_actor(spec, c.hidden)
         if spec.discrete:
-            self.actor = CategoricalActor(o, spec.n_actions, n, c.hidden)
             self.q = AgentMLP(o, spec.n_actions, n, c.hidden)
         else:
-            self.actor = TanhGaussianActor(o, spec.action_dim, n, c.hidden)
             self.q = AgentMLP(o + spec.action_dim, 1, n, c.hidden)
         self.v = AgentMLP(o, 1, n, c.hidden)
         self.mixer = OMIGAMixer(spec.mixer_state_dim, n, c.mixer_hidden)
@@ -86,14 +85,11 @@ class OMIGA(OfflineMARLModule):
         m = torch.clamp(z.detach().max(), min=-1.0)
         v_loss = (torch.exp(z - m) + torch.exp(-m) * w_target * v / c.alpha).mean()
 
-        if self.spec.discrete:
-            log_pi = self.actor.log_prob(observation, action, self.action_mask(batch))
-        else:
-            log_pi = self.actor.log_prob(observation, action)
+        log_pi = self.actor.log_prob(observation, action, self.action_mask(batch))
         policy_loss = -(torch.exp(z).detach() * log_pi).mean()
         if intermediates is not None:
             intermediates.update(q_target_i=q_target, v_i=v, w_target=w_target, log_pi=log_pi, z=z)
         return {"policy": policy_loss, "q": q_loss, "v": v_loss}
 
     def act(self, observation, mask=None):
-        return self.actor.act(observation, mask) if self.spec.discrete else self.actor.act(observation)
+        return self.actor.act(observation, mask)

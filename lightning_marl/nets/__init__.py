@@ -1,6 +1,6 @@
 """Networks shared by methods: agent-shared MLPs, actors, critics, mixers."""
 
-from lightning_marl.nets.actors import CategoricalActor, TanhGaussianActor
+from lightning_marl.nets.actors import CategoricalActor, TanhGaussianActor, stochastic_actor
 from lightning_marl.nets.agents import AgentMLP
 from lightning_marl.nets.critics import AgentQ, CentralQ, StateValue, central_critics, expectile_loss
 from lightning_marl.nets.deterministic import DeterministicActor
@@ -13,5 +13,5 @@ from lightning_marl.nets.target import polyak_update
 __all__ = [
     "AgentMLP", "AgentQ", "CategoricalActor", "CentralQ", "DeterministicActor", "OMIGAMixer", "QMIXMixer",
     "StateValue", "TanhGaussianActor", "call_with_frozen_params", "central_critics", "expectile_loss",
-    "polyak_update", "tanh_gaussian_rsample",
+    "polyak_update", "stochastic_actor", "tanh_gaussian_rsample",
 ]

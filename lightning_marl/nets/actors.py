@@ -41,8 +41,8 @@ class TanhGaussianActor(nn.Module):
         log_std = self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
         return mean, log_std
 
-    def log_prob(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """log pi_i(a_i | o_i) for dataset actions in [-1, 1]: [..., N, A] -> [..., N]."""
+    def log_prob(self, observation: torch.Tensor, action: torch.Tensor, mask=None) -> torch.Tensor:
+        """log pi_i(a_i | o_i) for dataset actions in [-1, 1]: [..., N, A] -> [..., N] (no masks here)."""
         mean, log_std = self(observation)
         # float32 on purpose: in bfloat16 the clamp bound rounds to 1 and atanh gives inf.
         mean, log_std = mean.float(), log_std.float()
@@ -95,3 +95,19 @@ class CategoricalActor(nn.Module):
         probs = torch.softmax(logits.float(), -1)
         flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
         return flat.reshape(probs.shape[:-1])
+
+
+def stochastic_actor(spec, hidden=(256, 256)) -> TanhGaussianActor | CategoricalActor:
+    """The stochastic actor for a task: tanh-Gaussian (continuous) or masked categorical (discrete).
+
+    Both take ``log_prob(observation, action, mask=None)`` and ``act(observation, mask=None)``.
+
+    Example:
+        >>> from lightning_marl.data.schema import TaskSpec
+        >>> spec = TaskSpec(n_agents=2, obs_dim=1, state_dim=2, discrete=True, n_actions=3)
+        >>> type(stochastic_actor(spec, hidden=(8, 8))).__name__
+        'CategoricalActor'
+    """
+    if spec.discrete:
+        return CategoricalActor(spec.obs_dim, spec.n_actions, spec.n_agents, hidden)
+    return TanhGaussianActor(spec.obs_dim, spec.action_dim, spec.n_agents, hidden)

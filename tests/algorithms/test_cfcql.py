@@ -106,14 +106,6 @@ def test_counterfactual_q_tot_matches_mixing_each_deviation_with_the_real_mixer(
             torch.testing.assert_close(mixed[:, i, a], mixer(chosen, state).squeeze(-1))
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks: one intra-op thread is faster, and immune to a busy shared CPU (2 threads then crawl)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_cfcql_stays_within_the_data_on_the_climbing_game(climbing_dataset, one_thread):
     picks = []

@@ -107,14 +107,6 @@ def test_next_action_is_required_for_non_terminal_rows():
     assert module.losses(terminal)["q"].item() == module.losses(prepared)["q"].item()
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks: one intra-op thread is faster, and immune to a busy shared CPU (2 threads then crawl)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_icq_picks_the_best_joint_action_in_the_data(climbing_dataset, one_thread):
     dataset = Dataset(climbing_dataset.path, add_next_actions(climbing_dataset.transitions), climbing_dataset.metadata)

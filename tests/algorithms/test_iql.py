@@ -15,15 +15,6 @@ from lightning_marl.envs import payoff
 from lightning_marl.nets.critics import expectile_loss
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks: one thread is faster and steadier on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _constant(linears, value):
     """Make an MLP output ``value`` everywhere (its last layer: zero weights, bias = value)."""
     with torch.no_grad():

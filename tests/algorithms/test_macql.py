@@ -102,14 +102,6 @@ def test_fixed_temperature_has_no_group(batch_and_spec):
     assert all(torch.isfinite(v) for v in stats.values())
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks: one intra-op thread is faster, and immune to a busy shared CPU (2 threads then crawl)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_macql_stays_near_the_data_mode_of_the_agree_game(one_thread):
     # The data: both agents near -0.5 (reward 0.75); the optimum -1 (or +1) is outside the data.

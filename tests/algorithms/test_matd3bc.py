@@ -11,14 +11,6 @@ from lightning_marl.envs import payoff
 
 
 @pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def module_and_batch(continuous_transitions):
     td, spec = continuous_transitions
     torch.manual_seed(0)

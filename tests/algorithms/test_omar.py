@@ -12,14 +12,6 @@ from lightning_marl.data import schema
 from lightning_marl.envs import payoff
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _linear_q(member, obs_dim, slope, intercept):
     """Make an AgentMLP critic compute Q(o, a) = slope·a_0 + intercept (for a in [-1, 1])."""
     first, second, last = member.linears

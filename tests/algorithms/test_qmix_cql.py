@@ -160,14 +160,6 @@ def test_saved_policy_holds_the_agent_q_network(tmp_path, climbing_dataset):
     assert torch.equal(load_policy(tmp_path / "policy.pt").act(observation, mask), module.act(observation, mask))
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks: one intra-op thread is faster, and immune to a busy shared CPU (2 threads then crawl)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def greedy_joint_action(method, dataset, seed, steps=300, **hparams):
     torch.manual_seed(seed)
