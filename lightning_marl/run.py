@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -66,15 +67,15 @@ def _is_launching_process() -> bool:
     return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
 
 
-def resolve_resume(cfg):
-    """(config, checkpoint path) for ``resume=RUN_DIR_OR_CKPT``: the run's saved config is the base."""
+def resume_checkpoint(cfg) -> Path | None:
+    """The checkpoint named by ``resume=RUN_DIR_OR_CKPT`` (RUN_DIR means its checkpoints/last.ckpt)."""
     if not cfg.resume:
-        return cfg, None
+        return None
     target = Path(cfg.resume)
     ckpt = target / "checkpoints" / "last.ckpt" if target.is_dir() else target
     if not ckpt.exists():
         raise ConfigError(f"resume={cfg.resume}: no checkpoint at {ckpt}")
-    return cfg, ckpt
+    return ckpt
 
 
 def resolve_env(cfg, dataset: Dataset):
@@ -110,7 +111,7 @@ def quiet_lightning() -> None:
 def fit(cfg, datamodule_class=OfflineDataModule, extra_callbacks=()) -> dict:
     """Train the configured method; returns the summary (also in run_dir/eval.json)."""
     quiet_lightning()
-    cfg, ckpt_path = resolve_resume(cfg)
+    ckpt_path = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dataset = resolve_dataset(cfg)
     cfg = resolve_env(cfg, dataset)
@@ -159,8 +160,6 @@ def fit(cfg, datamodule_class=OfflineDataModule, extra_callbacks=()) -> dict:
     summary = {"run_dir": str(run_dir), "algorithm": cfg.algorithm.name, "dataset": dataset.id}
     eval_file = run_dir / "eval.json"
     if eval_file.exists():
-        import json
-
         summary.update(json.loads(eval_file.read_text()))
     summary["module"] = module
     return summary
