@@ -153,7 +153,7 @@ class OfflineMARLModule(L.LightningModule):
     def _make_optimizers(self):
         rates = self.learning_rates()
         return [
-            torch.optim.Adam(self._group_params(name), lr=rates.get(name, self.config.lr))
+            torch.optim.Adam(self._group_params(name), lr=rates.get(name, self.config.lr), foreach=True)
             for name in self.parameter_groups()
         ]
 
