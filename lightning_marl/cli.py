@@ -120,6 +120,30 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def action_statistics(ds) -> list[str]:
+    """Per-agent action statistics (and distinct joint actions for discrete tasks)."""
+    import torch
+
+    from lightning_marl.data import schema
+
+    action = torch.as_tensor(ds.transitions.get(schema.ACTION))
+    names = ds.spec.agent_names
+    lines = []
+    if ds.spec.discrete:
+        counts = torch.nn.functional.one_hot(action, ds.spec.n_actions).sum(0)  # [N, K]
+        for name, row in zip(names, counts.tolist()):
+            lines.append(f"actions {name:<8} counts per action {row}")
+        joint, joint_counts = torch.unique(action, dim=0, return_counts=True)
+        top = sorted(zip(joint_counts.tolist(), joint.tolist()), reverse=True)[:5]
+        lines.append(f"joint actions  {len(joint)} distinct; most frequent: "
+                     + ", ".join(f"{tuple(a)} {c / len(action):.1%}" for c, a in top))
+    else:
+        mean, std = action.float().mean(0), action.float().std(0)
+        for name, m, s in zip(names, mean.tolist(), std.tolist()):
+            lines.append(f"actions {name:<8} mean {[round(v, 3) for v in m]} std {[round(v, 3) for v in s]} (in [-1, 1])")
+    return lines
+
+
 def cmd_dataset(args) -> int:
     from lightning_marl.data.dataset import load_dataset, verify_dataset
 
@@ -134,6 +158,8 @@ def cmd_dataset(args) -> int:
         print(f"  return         mean {_fmt(r['mean'])} std {_fmt(r['std'])} min {_fmt(r['min'])} max {_fmt(r['max'])}")
         print(f"  reference      {meta.get('reference_returns')}")
         print(f"  spec           {meta['spec']}")
+        for line in action_statistics(ds):
+            print(f"  {line}")
         print(f"  checksum       {meta['checksum']}")
     elif args.dataset_command == "verify":
         ds = verify_dataset(args.path)

@@ -61,6 +61,8 @@ def test_dataset_info_and_verify(capsys, tmp_path, continuous_transitions):
     assert main(["dataset", "info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "transitions    64  episodes 8" in out and "random" in out
+    mean = td["agents", "action"][:, 0].mean(0).tolist()
+    assert f"actions agent_0  mean {[round(v, 3) for v in mean]}" in out
     assert main(["dataset", "verify", str(path)]) == 0
     assert "checksums match" in capsys.readouterr().out
     file = path / "arrays" / "state.bin"
@@ -69,6 +71,12 @@ def test_dataset_info_and_verify(capsys, tmp_path, continuous_transitions):
     file.write_bytes(bytes(data))
     assert main(["dataset", "verify", str(path)]) == 2
     assert "checksum mismatch in 'state'" in capsys.readouterr().err
+
+
+def test_dataset_info_counts_discrete_joint_actions(capsys, climbing_dataset):
+    assert main(["dataset", "info", str(climbing_dataset.path)]) == 0
+    out = capsys.readouterr().out
+    assert "joint actions  3 distinct; most frequent: (1, 1)" in out
 
 
 def test_plugins_lists_builtin_and_entry_point_plugins(tmp_path):
