@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from lightning_marl.data.dataset import normalised_score
@@ -163,7 +162,6 @@ class EvaluationCallback(L.Callback):
         atomic_write_json(self.run_dir / "eval.json", summary)
         if self.env is not None:
             self.env.close()
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
 
 class IterationProgressBar(TQDMProgressBar):

@@ -47,7 +47,6 @@ def test_bc_under_ddp_equals_one_process_on_both_ranks_batches(tmp_path, continu
     single = [o for o in overrides if not o.startswith(("trainer.", "run_dir="))]
     cfg = load_config(None, single + ["algorithm.batch_size=16", f"run_dir={tmp_path / 'single'}"])
     module = fit(cfg, datamodule_class=BothRanksDataModule)["module"]
-    moved = False
     for key, value in module.state_dict().items():
         torch.testing.assert_close(value, ranks[0]["state"][key], atol=1e-5, rtol=0, msg=key)
     fresh = fit(load_config(None, single + ["algorithm.steps=0", f"run_dir={tmp_path / 'init'}"]))["module"]

@@ -153,7 +153,7 @@ class OfflineMARLModule(L.LightningModule):
     def _make_optimizers(self):
         rates = self.learning_rates()
         return [
-            torch.optim.Adam(self._group_params(name), lr=rates.get(name, self.config.lr), foreach=True)
+            torch.optim.Adam(self.group_parameters[name], lr=rates.get(name, self.config.lr), foreach=True)
             for name in self.parameter_groups()
         ]
 
@@ -165,9 +165,6 @@ class OfflineMARLModule(L.LightningModule):
                 group: [p for net in nets for p in net.parameters()] for group, nets in self.parameter_groups().items()
             }
         return self._group_parameters
-
-    def _group_params(self, name: str) -> list[torch.Tensor]:
-        return self.group_parameters[name]
 
     def _optimizers(self):
         if self._trainer is not None:
@@ -222,7 +219,7 @@ class OfflineMARLModule(L.LightningModule):
         due = self.groups_to_step()
         for name, optimizer in zip(groups, optimizers):
             stats[f"grad_norm/{name}"] = torch.nn.utils.clip_grad_norm_(
-                self._group_params(name), self.config.grad_clip, foreach=True
+                self.group_parameters[name], self.config.grad_clip, foreach=True
             )
             if name in due:
                 optimizer.step()

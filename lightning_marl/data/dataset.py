@@ -259,7 +259,8 @@ def load_dataset(path, verify: str = "auto") -> Dataset:
     transitions = TensorDict({}, batch_size=[meta["n_transitions"]])
     for key, (file, dtype, shape, _) in leaves.items():
         transitions.set(key, MemoryMappedTensor.from_filename(str(file), dtype=dtype, shape=shape))
-    schema.validate_transitions(transitions, spec, where=str(path)) if verify != "never" else None
+    if verify != "never":
+        schema.validate_transitions(transitions, spec, where=str(path))
     return Dataset(path=path, transitions=transitions, metadata=meta)
 
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from doubles import TableQ
 from tensordict import TensorDict
 from torch import nn
 
@@ -15,15 +16,6 @@ from lightning_marl.nets.qmix import QMIXMixer
 
 T, F = True, False
 SPEC_GAME = matrix_game_transitions("climbing", [(0, 0)], [1.0], n=1)[1]  # 2 agents, 3 actions
-
-
-class TableQ(nn.Module):
-    def __init__(self, table):
-        super().__init__()
-        self.register_buffer("table", torch.as_tensor(table, dtype=torch.float32))
-
-    def forward(self, observation):
-        return self.table[observation[..., 0].long(), torch.arange(self.table.shape[1])]
 
 
 class MaxMixer(nn.Module):

@@ -86,9 +86,8 @@ def test_intermediates_losses_and_gradients_match_reference(case):
         norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
         assert norm == pytest.approx(expected["grad_norms_before_clipping"][theirs], rel=1e-4, abs=1e-6)
 
-    mean, log_std = module.actor.trunk(batch[schema.OBS]), None
-    mean_raw = module.actor.mean(mean)
-    log_std = module.actor.log_std(module.actor.trunk(batch[schema.OBS]))
+    hidden = module.actor.trunk(batch[schema.OBS])
+    mean_raw, log_std = module.actor.mean(hidden), module.actor.log_std(hidden)
     assert int((mean_raw.abs() > 9).sum()) == expected["clamps_binding"]["mean_clamped"]
     assert int(((log_std < -5) | (log_std > 2)).sum()) == expected["clamps_binding"]["logstd_clamped"]
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from doubles import TableQ
 from tensordict import TensorDict
 from torch import nn
 
@@ -16,18 +17,6 @@ from lightning_marl.plugin import Plugin
 
 T, F = True, False
 SPEC_GAME = matrix_game_transitions("climbing", [(0, 0)], [1.0], n=1)[1]  # 2 agents, 3 actions, obs 1, state 2
-
-
-class TableQ(nn.Module):
-    """Q_i(o_i, .) looked up from a table [n_obs, N, K] by the (integer) observation value."""
-
-    def __init__(self, table):
-        super().__init__()
-        self.register_buffer("table", torch.as_tensor(table, dtype=torch.float32))
-
-    def forward(self, observation):
-        index = observation[..., 0].long()  # [..., N]
-        return self.table[index, torch.arange(self.table.shape[1])]
 
 
 class SumMixer(nn.Module):
