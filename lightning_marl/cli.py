@@ -1,4 +1,4 @@
-"""``python -m lightning_marl <command>``: fit, evaluate, dataset, plugins.
+"""``python -m lightning_marl <command>``: fit, evaluate, dataset, plugins and the commands of commands/.
 
 Configuration is a YAML file (or a shipped config name) plus bare OmegaConf dot-list overrides::
 
@@ -204,11 +204,32 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("path")
     verify = dsub.add_parser("verify", help="check sizes, dtypes, every checksum and the batch contract")
     verify.add_argument("path")
-    dsub.add_parser("recipes", help="list built-in dataset recipes")
+    info.set_defaults(func=cmd_dataset)
+    verify.set_defaults(func=cmd_dataset)
+    dsub.add_parser("recipes", help="list built-in dataset recipes").set_defaults(func=cmd_dataset)
     build = dsub.add_parser("build", help="build a built-in recipe into the data directory")
     build.add_argument("name")
-    dataset.set_defaults(func=cmd_dataset)
+    build.set_defaults(func=cmd_dataset)
+
+    # Further commands live one per module in lightning_marl/commands/: each may define
+    # ``add_commands(sub)`` (top-level commands) and ``add_dataset_commands(dsub)``.
+    for module in command_modules():
+        if hasattr(module, "add_commands"):
+            module.add_commands(sub)
+        if hasattr(module, "add_dataset_commands"):
+            module.add_dataset_commands(dsub)
     return parser
+
+
+def command_modules() -> list:
+    """The modules of lightning_marl/commands/, in name order (imported lazily by the CLI)."""
+    import importlib
+    import pkgutil
+
+    from lightning_marl import commands
+
+    return [importlib.import_module(f"lightning_marl.commands.{info.name}")
+            for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name)]
 
 
 def main(argv: list[str] | None = None) -> int:
