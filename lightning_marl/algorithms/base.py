@@ -23,6 +23,7 @@ from lightning_marl.data import schema
 from lightning_marl.data.datamodule import sample_seed
 from lightning_marl.data.schema import TaskSpec
 from lightning_marl.errors import ConfigError, PluginError, TrainingError
+from lightning_marl.nets.precision import float32_outputs
 from lightning_marl.nets.target import polyak_update
 from lightning_marl.plugin import ALWAYS_CALLED, Plugin
 
@@ -66,6 +67,8 @@ class OfflineMARLModule(L.LightningModule):
         self._check_support()
         self._register_normaliser()
         self.build()
+        for network in self.children():  # bf16 autocast: matmuls in bfloat16, losses in float32
+            float32_outputs(network)
         self._check_plugins()
 
     # ---- what a method writes -------------------------------------------------------------

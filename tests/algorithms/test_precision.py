@@ -1,0 +1,48 @@
+"""bfloat16 autocast (``trainer.precision=bf16-mixed``): matmuls in bfloat16, losses in float32."""
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_marl import registry
+from lightning_marl.algorithms.base import CONTINUOUS, DISCRETE
+from lightning_marl.collect.matrix import matrix_game_transitions
+
+CASES = [(entry.name, kind) for entry in registry.entries("algorithm") for kind in (CONTINUOUS, DISCRETE)
+         if kind in entry.obj.supports]
+
+
+@pytest.fixture(scope="module")
+def batches(continuous_transitions):
+    td, spec = continuous_transitions
+    discrete_td, discrete_spec = matrix_game_transitions("climbing", [(0, 0), (1, 2)], [0.5, 0.5], n=32)
+    return {CONTINUOUS: (td[:32], spec), DISCRETE: (discrete_td, discrete_spec)}
+
+
+@pytest.mark.parametrize("name, kind", CASES)
+def test_bf16_autocast_runs_matmuls_in_bf16_and_losses_in_float32(name, kind, batches):
+    batch, spec = batches[kind]
+    torch.manual_seed(0)
+    try:
+        module = registry.get("algorithm", name).from_spec(spec, hidden=[16, 16])
+    except Exception as error:  # methods that need a plugin to be built are covered by their own tests
+        pytest.skip(f"{name} cannot be built without its plugin: {error}")
+    linear_dtypes = set()
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            layer.register_forward_hook(lambda m, i, o: linear_dtypes.add(o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stats = module.train_step(batch)
+    assert torch.bfloat16 in linear_dtypes, "autocast did not reach the linear layers"
+    for key, value in stats.items():
+        assert value.dtype == torch.float32, f"{key} is {value.dtype}"
+        assert torch.isfinite(value), key
+    assert all(p.dtype == torch.float32 for p in module.parameters())  # float32 master weights
+
+
+def test_outputs_of_networks_are_float32_under_autocast(batches):
+    batch, spec = batches[CONTINUOUS]
+    module = registry.get("algorithm", "omiga").from_spec(spec, hidden=[16, 16])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mean, log_std = module.actor(batch["agents", "observation"])
+    assert mean.dtype == log_std.dtype == torch.float32
