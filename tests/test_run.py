@@ -1,6 +1,7 @@
 """fit end to end in-process: run directory contents, resume equivalence, determinism, policies."""
 
 import json
+from dataclasses import dataclass
 
 import lightning as L
 import pytest
@@ -8,7 +9,9 @@ import torch
 
 from lightning_marl import load_policy
 from lightning_marl.config import load_config
-from lightning_marl.errors import ConfigError
+from lightning_marl.errors import ConfigError, TrainingError
+from lightning_marl.plugin import Plugin
+from lightning_marl.registry import register
 from lightning_marl.run import evaluate, fit
 
 
@@ -140,3 +143,31 @@ def test_bad_inputs_fail_before_training(tmp_path, climbing_dataset):
         fit(load_config(None, ["algorithm.name=nope"]))
     with pytest.raises(ConfigError, match="no checkpoint"):
         fit(_cfg(climbing_dataset, tmp_path / "x", f"resume={tmp_path / 'nothing'}"))
+
+
+@register("plugin", "test_nan_at_iteration")
+class NaNAtIteration(Plugin):
+    """Turns every reward into NaN from iteration ``at`` on (stands in for a diverging run)."""
+
+    @dataclass
+    class Params:
+        at: int = 13
+
+    def augment_batch(self, batch, module):
+        if module.iteration >= self.params.at:
+            batch = batch.clone()
+            batch["next", "reward"].fill_(float("nan"))
+        return batch
+
+
+def test_non_finite_loss_stops_naming_the_last_good_checkpoint_which_stays_intact(tmp_path, climbing_dataset):
+    run_dir = tmp_path / "run"
+    cfg = _cfg(climbing_dataset, run_dir, "plugins=[{name: test_nan_at_iteration, params: {at: 13}}]")
+    with pytest.raises(TrainingError) as raised:
+        fit(cfg)
+    message = str(raised.value)
+    assert "non-finite loss" in message and "at iteration 13" in message
+    assert f"last good checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}" in message
+    saved = _checkpoint(run_dir)
+    assert saved["lightning_marl"]["iteration"] == 10  # the bad state never replaced it
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())

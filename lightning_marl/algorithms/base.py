@@ -208,7 +208,8 @@ class OfflineMARLModule(L.LightningModule):
         if not torch.isfinite(total):
             bad = [name for name, value in losses.items() if not torch.isfinite(value)]
             raise TrainingError(
-                f"non-finite loss {', '.join(bad)} at iteration {self.iteration}; nothing was updated. "
+                f"non-finite loss {', '.join(bad)} at iteration {self.iteration}; nothing was updated "
+                f"and nothing saved was overwritten. {self._last_good_checkpoint()}"
                 "Lower the learning rate or check the dataset for extreme values (dataset verify)."
             )
         optimizers = self._optimizers()
@@ -231,6 +232,14 @@ class OfflineMARLModule(L.LightningModule):
         self.iteration += 1
         stats.update({f"loss/{name}": value.detach() for name, value in losses.items()})
         return stats
+
+    def _last_good_checkpoint(self) -> str:
+        callbacks = self._trainer.callbacks if self._trainer is not None else []
+        for callback in callbacks:
+            last = getattr(callback, "last", None)
+            if last is not None and last.exists():
+                return f"The last good checkpoint is {last} (resume with resume=<run dir>). "
+        return "No checkpoint had been saved yet. "
 
     def groups_to_step(self):
         """Groups whose optimiser steps this iteration. All by default; a delayed schedule (TD3's
