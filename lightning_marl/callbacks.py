@@ -36,6 +36,8 @@ class IterationCheckpoint(L.Callback):
         trainer.save_checkpoint(tmp, weights_only=False)  # writes on rank 0, then a barrier
         if trainer.is_global_zero:
             os.replace(tmp, self.last)
+            for stale in self.dirpath.glob(".last.ckpt.tmp-*"):  # left by a process killed mid-write
+                stale.unlink(missing_ok=True)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if module.iteration % self.every == 0:
