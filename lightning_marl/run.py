@@ -131,7 +131,8 @@ def fit(cfg, datamodule_class=OfflineDataModule, extra_callbacks=()) -> dict:
         atomic_write_text(run_dir / "config.yaml", config_yaml)
         atomic_write_json(run_dir / "dataset.json", dataset_info)
 
-    datamodule = datamodule_class(dataset, cfg.algorithm.batch_size, seed=cfg.seed, device=cfg.data.device)
+    datamodule = datamodule_class(dataset, cfg.algorithm.batch_size, seed=cfg.seed, device=cfg.data.device,
+                                  prefetch=cfg.data.prefetch)
     if cfg.logger == "csv":
         logger = CSVLogger(save_dir=str(run_dir), name="logs", version="")
     else:

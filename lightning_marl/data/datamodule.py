@@ -3,7 +3,9 @@
 The batch for iteration k on rank r is a pure function of (seed, r, k): its generator is seeded
 from that triple. Resuming therefore needs no sampler state beyond the iteration counter, and
 Lightning's one-batch prefetch cannot shift the stream. Under DDP every rank maps the same
-files (shared page cache) and draws its own batches.
+files (shared page cache) and draws its own batches. Because the stream is known in advance,
+background threads fetch the next ``prefetch`` batches while the current step computes
+(data/prefetch.py), which hides the page faults of a dataset larger than the page cache.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchrl.data import ReplayBuffer, TensorStorage
 from torchrl.data.replay_buffers import RandomSampler
 
+from lightning_marl.data import schema
 from lightning_marl.data.dataset import Dataset
+from lightning_marl.data.prefetch import prefetched
+from lightning_marl.errors import DatasetError
 
 
 def _identity(batch):
@@ -25,6 +30,76 @@ def _identity(batch):
 def sample_seed(seed: int, rank: int, iteration: int) -> int:
     """A 63-bit seed that depends on every element of (seed, rank, iteration)."""
     return int(np.random.SeedSequence([seed, rank, iteration]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class EpisodeSlices:
+    """Vectorised sampling of [B, T] slices of consecutive steps of one episode, padded at its end.
+
+    An episode is a run of consecutive rows with the same ``episode`` id, also cut after a done
+    row (rows of an episode stored consecutively and in time order, as collectors and importers
+    write them). A slice never crosses episodes: positions past the episode's end repeat its
+    last step and are marked False in the mask. Every step of the dataset lies in a sampled slice
+    with the same probability: the start is drawn uniformly over the L + T - 1 windows of length
+    T that overlap an episode of L steps (so episodes are drawn in proportion to L + T - 1) and
+    clamped to the episode's first step, so slices that start at an episode's beginning, where a
+    zero hidden state is exact, are frequent; short episodes (L < T) are kept, padded.
+
+    Example:
+        >>> from tensordict import TensorDict
+        >>> done = torch.tensor([False, False, True, False, True]).unsqueeze(-1)
+        >>> td = TensorDict({"episode": torch.tensor([0, 0, 0, 1, 1]), ("next", "done"): done}, [5])
+        >>> slices = EpisodeSlices(td, slice_len=4)
+        >>> index, mask, is_init = slices.sample_index(3, torch.Generator().manual_seed(0))
+        >>> index.shape, bool((index[:, 1:] >= index[:, :-1]).all())
+        (torch.Size([3, 4]), True)
+        >>> slices.sample(td, 3, torch.Generator().manual_seed(0)).batch_size
+        torch.Size([3, 4])
+    """
+
+    def __init__(self, transitions, slice_len: int, device="cpu"):
+        if slice_len < 1:
+            raise DatasetError(f"slice_len must be >= 1 to sample episode slices, got {slice_len}")
+        n = transitions.shape[0]
+        if n == 0:
+            raise DatasetError("cannot sample episode slices from an empty dataset")
+        episode = transitions.get(schema.EPISODE).reshape(n).to(device)
+        done = transitions.get(schema.DONE).reshape(n).to(device)
+        first = torch.ones(n, dtype=torch.bool, device=device)
+        first[1:] = (episode[1:] != episode[:-1]) | done[:-1]
+        self.slice_len = slice_len
+        self.starts = first.nonzero().squeeze(-1)
+        self.ends = torch.cat([self.starts[1:], torch.tensor([n], device=device)])
+        self.windows = (self.ends - self.starts) + slice_len - 1
+        self.cumulative = self.windows.cumsum(0)
+        self.steps = torch.arange(slice_len, device=device)
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.starts)
+
+    def sample_index(self, batch_size: int, generator: torch.Generator):
+        """Row indices [B, T] of ``batch_size`` slices, their mask [B, T] and is_init [B, T]."""
+        total = int(self.cumulative[-1])
+        window = torch.randint(total, (batch_size,), generator=generator, device=self.cumulative.device)
+        episode = torch.searchsorted(self.cumulative, window, right=True)
+        offset = window - (self.cumulative[episode] - self.windows[episode])
+        start = self.starts[episode] + (offset - (self.slice_len - 1)).clamp(min=0)
+        rows = start.unsqueeze(-1) + self.steps  # [B, T]
+        end = self.ends[episode].unsqueeze(-1)
+        mask = rows < end
+        is_init = rows == self.starts[episode].unsqueeze(-1)
+        return torch.minimum(rows, end - 1), mask, is_init
+
+    def sample(self, transitions, batch_size: int, generator: torch.Generator):
+        """A TensorDict [B, T] of slices of ``transitions`` with "mask" and "is_init"."""
+        index, mask, is_init = self.sample_index(batch_size, generator)
+        index = index.reshape(-1)
+        if transitions.device is not None:
+            index = index.to(transitions.device)
+        batch = transitions[index].reshape(batch_size, self.slice_len)
+        batch.set(schema.MASK, mask.to(batch.device))
+        batch.set(schema.IS_INIT, is_init.to(batch.device))
+        return batch
 
 
 class _BatchStream(IterableDataset):
@@ -38,14 +113,17 @@ class _BatchStream(IterableDataset):
     def __iter__(self):
         # Endless on purpose: the module stops the trainer when its iteration budget is spent, so
         # a resumed run continues the same stream mid-epoch (Lightning then prefetches one batch).
-        iteration = self._start()
-        while True:
-            yield self.datamodule.sample(iteration)
-            iteration += 1
+        datamodule = self.datamodule
+        yield from prefetched(datamodule.sample, self._start(), depth=datamodule.prefetch)
 
 
 class OfflineDataModule(LightningDataModule):
     """Batches of the contract sampled uniformly with replacement from a dataset.
+
+    With ``slice_len`` (or, inside a Trainer, a module whose ``slice_len`` is set: recurrent
+    methods) a batch is ``batch_size`` slices [B, T] (``EpisodeSlices``). ``prepare`` (or the
+    module's ``prepare_transitions``) runs once on the transitions before sampling, e.g. ICQ's
+    next joint action.
 
     Example:
         >>> dm = OfflineDataModule(load_dataset("path"), batch_size=128)  # doctest: +SKIP
@@ -53,14 +131,24 @@ class OfflineDataModule(LightningDataModule):
         torch.Size([128])
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, device: str = "cpu"):
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, device: str = "cpu", prefetch: int = 0,
+                 slice_len: int | None = None, prepare=None):
         super().__init__()
+        self.slice_len = slice_len
+        self.prepare = prepare
+        self.slices = None
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
+        self._prefetch = prefetch
         self.buffer = None
-        self._generator = None
+        self._storage_device = "cpu"
+
+    @property
+    def prefetch(self) -> int:
+        """Batches fetched ahead by background threads (none when the storage is on an accelerator)."""
+        return self._prefetch if str(self._storage_device) == "cpu" else 0
 
     @property
     def rank(self) -> int:
@@ -70,23 +158,36 @@ class OfflineDataModule(LightningDataModule):
         if self.buffer is not None:
             return
         transitions = self.dataset.transitions
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        prepare = self.prepare or getattr(module, "prepare_transitions", None)
+        if prepare is not None:
+            transitions = prepare(transitions)
+        if self.slice_len is None:
+            self.slice_len = getattr(module, "slice_len", None)
         storage_device = "cpu"
         if self.device == "accelerator" and self.trainer is not None:
             storage_device = self.trainer.strategy.root_device
             transitions = transitions.to(storage_device)
-        self._generator = torch.Generator(device=storage_device)
+        self._storage_device = storage_device
         self.buffer = ReplayBuffer(
             storage=TensorStorage(transitions, device=storage_device),
             sampler=RandomSampler(),
             batch_size=self.batch_size,
-            generator=self._generator,
         )
+        if self.slice_len:
+            self.slices = EpisodeSlices(transitions, self.slice_len, storage_device)
+            self._slice_source = transitions
 
     def sample_for_rank(self, rank: int, iteration: int):
-        """The batch rank ``rank`` draws at ``iteration`` (TensorDict [batch_size])."""
+        """The batch rank ``rank`` draws at ``iteration`` (TensorDict [batch_size]): rows drawn
+        uniformly with replacement. Thread-safe: the generator is local to the call."""
         self.setup()
-        self._generator.manual_seed(sample_seed(self.seed, rank, iteration))
-        return self.buffer.sample()
+        generator = torch.Generator(device=self._storage_device)
+        generator.manual_seed(sample_seed(self.seed, rank, iteration))
+        if self.slices is not None:
+            return self.slices.sample(self._slice_source, self.batch_size, generator)
+        index = torch.randint(len(self.buffer), (self.batch_size,), generator=generator, device=self._storage_device)
+        return self.buffer.storage.get(index)
 
     def sample(self, iteration: int):
         return self.sample_for_rank(self.rank, iteration)
