@@ -1,0 +1,165 @@
+"""What sampling batches from a large memory-mapped dataset costs beside a training step.
+
+Builds (once, kept in --dir) a synthetic dataset in our on-disk format with --transitions rows
+of a VMAS-navigation-like task (3 agents, observation 18, state 54, action 2; about 0.9 kB per
+transition, 9 GB at 10M), then measures with the training threads the step would use:
+
+* **step**: one OMIGA ``train_step`` at batch 128, hidden 256 (no sampling), the denominator;
+* **sample warm / cold**: ``OfflineDataModule.sample`` inline, with the dataset's pages in the
+  page cache, and after dropping them (``posix_fadvise(DONTNEED)`` on every array file) — with
+  10M random rows nearly every row of a cold batch is a disk read;
+* **loop cold, prefetch P**: the real training loop — the datamodule's batch stream (background
+  prefetch of P batches, data.prefetch) feeding ``train_step`` — from a cold cache; the overhead
+  is (loop time per step − step time) / loop time per step, i.e. the share of a training step
+  lost to sampling. The goal of issue #8 is under 5 %.
+
+Run:
+    python benchmarks/sampling.py                         # 10M transitions in /tmp/lightning_marl_sampling
+    python benchmarks/sampling.py --transitions 1000000 --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("RL_LOGGING_LEVEL", "WARNING")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tensordict import TensorDict  # noqa: E402
+
+from lightning_marl.algorithms.omiga import OMIGA  # noqa: E402
+from lightning_marl.data.datamodule import OfflineDataModule, _BatchStream  # noqa: E402
+from lightning_marl.data.dataset import load_dataset, write_dataset  # noqa: E402
+from lightning_marl.data.schema import TaskSpec  # noqa: E402
+
+AGENTS, OBS, ACTION, EPISODE_LEN = 3, 18, 2, 100
+
+
+def tiny_transitions(n: int) -> TensorDict:
+    done = torch.zeros(n, 1, dtype=torch.bool)
+    done[EPISODE_LEN - 1::EPISODE_LEN] = True
+    obs = torch.randn(n, AGENTS, OBS)
+    return TensorDict({
+        ("agents", "observation"): obs,
+        ("agents", "action"): torch.rand(n, AGENTS, ACTION) * 2 - 1,
+        "state": obs.flatten(1),
+        "episode": torch.arange(n) // EPISODE_LEN,
+        ("next", "agents", "observation"): torch.randn(n, AGENTS, OBS),
+        ("next", "state"): torch.randn(n, AGENTS * OBS),
+        ("next", "reward"): torch.randn(n, 1),
+        ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool),
+        ("next", "truncated"): done.clone(),
+        ("next", "done"): done,
+    }, batch_size=[n])
+
+
+def build(path: Path, n: int, chunk: int = 1 << 20) -> None:
+    """Write a small dataset with write_dataset, then grow every array to ``n`` rows in place."""
+    spec = TaskSpec(n_agents=AGENTS, obs_dim=OBS, state_dim=AGENTS * OBS, discrete=False, action_dim=ACTION)
+    template = path.parent / (path.name + ".template")
+    write_dataset(template, tiny_transitions(EPISODE_LEN), {"spec": spec, "quality": "synthetic"}, overwrite=True)
+    meta = json.loads((template / "metadata.json").read_text())
+    for name, entry in meta["arrays"].items():
+        file = template / entry["file"]
+        dtype = np.dtype(entry["dtype"].replace("torch.", "")) if entry["dtype"] != "torch.bool" else np.bool_
+        shape = [n] + entry["shape"][1:]
+        array = np.memmap(file, dtype=dtype, mode="w+", shape=tuple(shape))
+        rng = np.random.default_rng(0)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            rows = np.arange(start, stop)
+            if name == "episode":
+                array[start:stop] = rows // EPISODE_LEN
+            elif dtype == np.bool_:
+                array[start:stop] = ((rows + 1) % EPISODE_LEN == 0).reshape(-1, *[1] * (len(shape) - 1))
+            else:
+                array[start:stop] = rng.standard_normal((stop - start, *shape[1:]), dtype=np.float32)
+        array.flush()
+        del array
+        entry["shape"], entry["sha256"] = shape, "not computed (benchmark data)"
+        print(f"  wrote {name:<28} {list(shape)}", flush=True)
+    meta["n_transitions"], meta["n_episodes"] = n, n // EPISODE_LEN
+    (template / "metadata.json").write_text(json.dumps(meta, indent=2))
+    os.replace(template, path)
+
+
+def drop_page_cache(path: Path) -> None:
+    for file in path.rglob("*.bin"):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def per_call_ms(fn, seconds: float = 2.0, first: int = 0) -> float:
+    fn(first)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn(first + 1 + calls)
+        calls += 1
+    return 1e3 * (time.perf_counter() - start) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--transitions", type=int, default=10_000_000)
+    parser.add_argument("--dir", default="/tmp/lightning_marl_sampling")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=400, help="training steps per loop measurement")
+    parser.add_argument("--prefetch", type=int, nargs="+", default=[0, 4, 16])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    path = Path(args.dir) / f"navigation_like_{args.transitions}"
+    if not path.exists():
+        print(f"building {path} ({args.transitions:,} transitions) ...", flush=True)
+        start = time.perf_counter()
+        build(path, args.transitions)
+        print(f"  built in {time.perf_counter() - start:.0f} s", flush=True)
+    dataset = load_dataset(path, verify="never")
+    size_gb = sum(f.stat().st_size for f in path.rglob("*.bin")) / 1e9
+
+    spec = TaskSpec(n_agents=AGENTS, obs_dim=OBS, state_dim=AGENTS * OBS, discrete=False, action_dim=ACTION)
+    torch.manual_seed(0)
+    module = OMIGA.from_spec(spec, hidden=[256, 256])
+    datamodule = OfflineDataModule(dataset, args.batch, seed=0)
+    batch = datamodule.sample(0).clone()
+    step_ms = per_call_ms(lambda _: module.train_step(batch), seconds=3.0)
+    warm_ms = per_call_ms(datamodule.sample, seconds=2.0, first=10_000)
+    drop_page_cache(path)
+    cold_ms = per_call_ms(datamodule.sample, seconds=3.0, first=20_000)
+
+    rows = []
+    for depth in args.prefetch:
+        drop_page_cache(path)
+        datamodule = OfflineDataModule(dataset, args.batch, seed=1 + depth, prefetch=depth)
+        stream = iter(_BatchStream(datamodule))
+        module.train_step(next(stream))
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            module.train_step(next(stream))
+        loop_ms = 1e3 * (time.perf_counter() - start) / args.steps
+        stream.close()
+        rows.append((depth, loop_ms, max(0.0, loop_ms - step_ms) / loop_ms))
+
+    print(f"\ndataset {path}: {args.transitions:,} transitions, {size_gb:.1f} GB on disk, "
+          f"{len(dataset.transitions.keys(True, True))} arrays; batch {args.batch}; {args.threads} threads")
+    print("| measurement | ms per batch/step | share of a training step |")
+    print("|---|---|---|")
+    print(f"| OMIGA train_step (3 agents, hidden 256) | {step_ms:.2f} | - |")
+    print(f"| sample, warm page cache (inline) | {warm_ms:.3f} | {warm_ms / (warm_ms + step_ms):.1%} |")
+    print(f"| sample, cold page cache (inline) | {cold_ms:.3f} | {cold_ms / (cold_ms + step_ms):.1%} |")
+    for depth, loop_ms, overhead in rows:
+        label = "inline" if depth == 0 else f"prefetch {depth}"
+        print(f"| training loop from a cold cache, {label} | {loop_ms:.2f} | {overhead:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
