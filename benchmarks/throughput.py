@@ -36,6 +36,7 @@ Run:
     python benchmarks/throughput.py --agents 3 6
     python benchmarks/throughput.py --agents 3 6 --lightning --seconds 3 --rounds 5 --threads 2
     python benchmarks/throughput.py --agents 3 --profile      # also where our step's time goes
+    python benchmarks/throughput.py --agents 3 6 --bf16       # also our step under bfloat16 autocast
 """
 
 from __future__ import annotations
@@ -503,6 +504,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max-rounds", type=int, default=None, help="default: 2 x --rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--lightning", action="store_true", help="add a lightning.Trainer column")
+    parser.add_argument("--bf16", action="store_true",
+                        help="add a column: our step under bfloat16 autocast (trainer.precision=bf16-mixed)")
     parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per variant")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of our step")
     parser.add_argument("--max-other-load", type=float, default=0.1,
@@ -546,6 +549,10 @@ def main(argv=None) -> None:
             runner.run(seconds=0.5)  # warm-up fit
         setups[n] = dict(ours=(ours_step, pool), plain=(plain_step, plain_pool), flops=flops,
                          plain_flops=plain_flops, runner=runner, results={"ours": [], "plain": [], "lightning": []})
+        if args.bf16:
+            setups[n]["bf16"] = (bf16_step(module), pool)
+            setups[n]["results"]["bf16"] = []
+            steps_per_second(setups[n]["bf16"][0], pool, args.warmup)
         print(f"# {n} agents: matmul FLOPs per step (forward+backward): ours {flops / 1e6:.1f} M, "
               f"plain loop {plain_flops / 1e6:.1f} M")
 
@@ -555,7 +562,7 @@ def main(argv=None) -> None:
 
     def enough() -> bool:
         cells = [peaks] + [values for s in setups.values() for name, values in s["results"].items()
-                           if name != "lightning" or s["runner"] is not None]
+                           if (name != "lightning" or s["runner"] is not None) and (name != "bf16" or "bf16" in s)]
         return all(sum(ok for _, ok in values) >= args.rounds for values in cells)
 
     r = 0
@@ -563,7 +570,8 @@ def main(argv=None) -> None:
         load.wait_quiet()
         peaks.append(load.measure(lambda: matmul_gflops(min(args.seconds, 1.5))))
         for n, s in setups.items():
-            order = ["ours", "plain"] if r % 2 == 0 else ["plain", "ours"]
+            order = ["ours", "plain"] + (["bf16"] if "bf16" in s else [])
+            order = order if r % 2 == 0 else order[::-1]
             for name in order:
                 step, items = s[name]
                 s["results"][name].append(load.measure(lambda: steps_per_second(step, items, args.seconds)))
@@ -585,19 +593,31 @@ def main(argv=None) -> None:
           "undisturbed measurement in any round, the median of disturbed ones (not to be trusted)")
     print()
     print("| agents | ours steps/s | plain loop steps/s | ratio | ours GFLOP/s | peak GFLOP/s | fraction of peak "
-          "| lightning steps/s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| lightning steps/s | ours bf16 steps/s | bf16 / plain |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, s in setups.items():
         (ours, ours_clean), (plain, plain_clean) = median(s["results"]["ours"]), median(s["results"]["plain"])
         light, light_clean = median(s["results"]["lightning"])
+        bf16, bf16_clean = median(s["results"].get("bf16", []))
         achieved = s["flops"] * ours / 1e9
         ratio = fmt(ours / plain, ours_clean and plain_clean, 2)
         print(f"| {n} | {fmt(ours, ours_clean)} | {fmt(plain, plain_clean)} | {ratio} "
               f"| {fmt(achieved, ours_clean)} | {fmt(peak, peak_clean, 0)} "
-              f"| {achieved / peak:.1%}{'' if ours_clean and peak_clean else '*'} | {fmt(light, light_clean)} |")
+              f"| {achieved / peak:.1%}{'' if ours_clean and peak_clean else '*'} | {fmt(light, light_clean)} "
+              f"| {fmt(bf16, bf16_clean)} | {fmt(bf16 / plain if bf16 else None, bf16_clean and plain_clean, 2)} |")
     if args.profile:
         for n, s in setups.items():
             profile_step(n, *s["ours"])
+
+
+def bf16_step(module):
+    """Our step with matmuls in bfloat16 and losses in float32 (what trainer.precision=bf16-mixed does)."""
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return module.train_step(batch)
+
+    return step
 
 
 def profile_step(n: int, step, items, steps: int = 100) -> None:
