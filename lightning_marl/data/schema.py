@@ -170,6 +170,15 @@ def validate_transitions(td: TensorDictBase, spec: TaskSpec, where: str = "datas
             )
         if value.dtype != dtype:
             raise DatasetError(f"{where}: key {key_name(key)!r} has dtype {value.dtype}, expected {dtype}")
+    # Value checks run over row chunks: a 10M-row memory map is never materialised (nor copied) at once.
+    for start in range(0, td.shape[0], VALIDATION_CHUNK):
+        _validate_values(td[start:start + VALIDATION_CHUNK], spec, where)
+
+
+VALIDATION_CHUNK = 1 << 16
+
+
+def _validate_values(td: TensorDictBase, spec: TaskSpec, where: str) -> None:
     for key in (OBS, NEXT_OBS, STATE, NEXT_STATE, REWARD):
         if not torch.isfinite(td.get(key)).all():
             raise DatasetError(f"{where}: key {key_name(key)!r} holds NaN or inf values")
