@@ -202,6 +202,8 @@ def read_metadata(path) -> dict:
         meta = json.loads(meta_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f"{meta_file} is not valid JSON ({error}); the dataset is corrupt") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{meta_file} holds a JSON {type(meta).__name__}, expected an object; the dataset is corrupt")
     if meta.get("format") != FORMAT:
         raise DatasetError(f"{meta_file}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     version = meta.get("schema_version")
@@ -213,7 +215,32 @@ def read_metadata(path) -> dict:
     for field_name in ("spec", "arrays", "n_transitions", "checksum"):
         if field_name not in meta:
             raise DatasetError(f"{meta_file} lacks the field {field_name!r}; the dataset is corrupt")
+    _check_metadata_types(meta, meta_file)
     return meta
+
+
+def _check_metadata_types(meta: dict, meta_file: Path) -> None:
+    """The fields ``load_dataset`` reads have the JSON types it expects (a DatasetError naming the field if not)."""
+    def corrupt(what: str):
+        return DatasetError(f"{meta_file}: {what}; the dataset is corrupt")
+
+    count = meta["n_transitions"]
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise corrupt(f"n_transitions is {count!r}, expected a non-negative integer")
+    if not isinstance(meta["arrays"], dict):
+        raise corrupt(f"arrays is a {type(meta['arrays']).__name__}, expected an object of array entries")
+    for name, entry in meta["arrays"].items():
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("file", "dtype", "sha256")):
+            raise corrupt(f"array entry {name!r} is {entry!r}, expected file, dtype and sha256 strings and a shape")
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise corrupt(f"array {name!r} has shape {shape!r}, expected a list of non-negative integers")
+    if not isinstance(meta["spec"], dict):
+        raise corrupt(f"spec is a {type(meta['spec']).__name__}, expected an object")
+    try:
+        TaskSpec.from_dict(meta["spec"])
+    except (TypeError, ValueError) as error:
+        raise corrupt(f"spec cannot be read ({error})") from None
 
 
 def load_dataset(path, verify: str = "auto") -> Dataset:

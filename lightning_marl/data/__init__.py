@@ -1,0 +1,1 @@
+"""Data: the batch contract (schema), datasets on disk (dataset), replay buffers (datamodule), importers."""
