@@ -31,6 +31,9 @@ class Policy:
 
     ``act(observation [N, O] or [B, N, O], mask [.., N, K] or None)`` returns actions rescaled
     to the environment's bounds (continuous, [.., N, A]) or action indices (discrete, [.., N]).
+    Recurrent policies carry a hidden state per env from one ``act`` to the next; call
+    ``reset_hidden()`` before new episodes, or ``reset_hidden(done [B])`` for the envs that
+    start one (``rollout_returns`` does); a new Policy starts at an episode's start.
 
     Example:
         >>> from lightning_marl.algorithms.bc import BC
@@ -46,6 +49,13 @@ class Policy:
         low = torch.tensor(self.spec.action_low or [-1.0], dtype=torch.float32)
         high = torch.tensor(self.spec.action_high or [1.0], dtype=torch.float32)
         self._low, self._half_range = low, (high - low) / 2
+        self.reset_hidden()
+
+    def reset_hidden(self, done=None) -> None:
+        """Forget recurrent hidden state: of every env (``done`` None) or where ``done`` [B] is True."""
+        reset = getattr(self.module, "reset_policy_state", None)
+        if reset is not None:
+            reset(done)
 
     @torch.no_grad()
     def act(self, observation, mask=None) -> torch.Tensor:

@@ -24,8 +24,12 @@ from lightning_marl.data.datamodule import sample_seed
 from lightning_marl.data.schema import TaskSpec
 from lightning_marl.errors import ConfigError, PluginError, TrainingError
 from lightning_marl.nets.precision import float32_outputs
+from lightning_marl.nets.recurrent import GRUAgent
 from lightning_marl.nets.target import polyak_update
 from lightning_marl.plugin import ALWAYS_CALLED, Plugin
+
+# Hooks the online loop calls (checked by `finetune`, not by the method): fit refuses them.
+ONLINE_HOOKS = ("explore",)
 
 CONTINUOUS, DISCRETE = "continuous", "discrete"
 
@@ -53,6 +57,7 @@ class OfflineMARLModule(L.LightningModule):
         self.plugins = list(plugins)
         self.log_every = log_every
         self.iteration = 0
+        self.env_steps = 0  # environment steps collected online (finetune); plugins schedule on it
         # The run config as YAML text (stored in checkpoints); the runner replaces it with the whole run's.
         self.config_yaml = OmegaConf.to_yaml({"algorithm": OmegaConf.structured(config)})
         self.dataset_info: dict = {}
@@ -117,7 +122,8 @@ class OfflineMARLModule(L.LightningModule):
 
     def _check_plugins(self) -> None:
         for plugin in self.plugins:
-            unused = [h for h in plugin.implemented_hooks() if h not in ALWAYS_CALLED and h not in self.hooks]
+            unused = [h for h in plugin.implemented_hooks()
+                      if h not in ALWAYS_CALLED and h not in ONLINE_HOOKS and h not in self.hooks]
             if unused:
                 raise PluginError(
                     f"plugin {getattr(plugin, '_registry_name', type(plugin).__name__)!r} implements "
@@ -148,6 +154,13 @@ class OfflineMARLModule(L.LightningModule):
         for plugin in self.plugins_with("critic_target"):
             target = plugin.critic_target(batch, target, self)
         return target
+
+    def explore(self, td):
+        """The actions to execute online after every plugin's ``explore`` (the online loop calls
+        this): ``td`` [E] holds the observations, masks and the policy's ("agents", "action")."""
+        for plugin in self.plugins_with("explore"):
+            td = plugin.explore(td, self)
+        return td
 
     # ---- training -------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -240,6 +253,16 @@ class OfflineMARLModule(L.LightningModule):
             if last is not None and last.exists():
                 return f"The last good checkpoint is {last} (resume with resume=<run dir>). "
         return "No checkpoint had been saved yet. "
+
+    def compile_losses(self, cuda: bool = False) -> None:
+        """Replace ``losses`` by its ``torch.compile``d version (config key ``compile``).
+
+        The compiled graph covers the losses' forward and backward; on CUDA the "reduce-overhead"
+        mode also captures it in a CUDA graph, removing per-kernel launch overhead, which is where
+        small per-agent networks lose most of their time on an accelerator. On these CPUs eager
+        is as fast or faster (FACTS.md), so the switch is off by default.
+        """
+        self.losses = torch.compile(self.losses, mode="reduce-overhead" if cuda else "default", dynamic=False)
 
     def groups_to_step(self):
         """Groups whose optimiser steps this iteration. All by default; a delayed schedule (TD3's
@@ -336,6 +359,7 @@ class OfflineMARLModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.setdefault("lightning_marl", {})
         state["iteration"] = self.iteration
+        state["env_steps"] = self.env_steps
         state["spec"] = self.spec.to_dict()
         state["algorithm"] = self.registry_name
         state["config_yaml"] = self.config_yaml
@@ -345,6 +369,7 @@ class OfflineMARLModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("lightning_marl", {})
         self.iteration = int(state.get("iteration", 0))
+        self.env_steps = int(state.get("env_steps", 0))
         for plugin, plugin_state in zip(self.plugins, state.get("plugins", [])):
             plugin.load_state_dict(plugin_state)
 
@@ -364,3 +389,79 @@ class OfflineMARLModule(L.LightningModule):
         if not self.spec.discrete:
             return None
         return batch.get(schema.NEXT_ACTION_MASK if next else schema.ACTION_MASK)
+
+    # ---- recurrent agents (methods whose config mixes in nets.recurrent.RecurrentOptions) ------
+    @property
+    def recurrent(self) -> bool:
+        """Whether the agent networks are GRUs over [B, T] episode slices (config ``recurrent``)."""
+        return bool(getattr(self.config, "recurrent", False))
+
+    @property
+    def slice_len(self) -> int | None:
+        """T of the [B, T] slices the DataModule samples for this method; None: transitions [B]."""
+        return int(self.config.slice_len) if self.recurrent else None
+
+    def prepare_transitions(self, transitions):
+        """The dataset's transitions [T], once before sampling; a method may add derived keys."""
+        return transitions
+
+    def gru_agent(self, out_features: int) -> GRUAgent:
+        """A GRU agent network over o_i (width ``config.gru_hidden``): [B, T, N, O] -> [B, T, N, K]."""
+        c = self.config
+        if not self.spec.discrete:
+            raise ConfigError(
+                f"{type(self).__name__}: recurrent agents (algorithm.recurrent=true) are implemented for discrete "
+                "actions only; set algorithm.recurrent=false for continuous control"
+            )
+        if c.slice_len < 1 or not 0 <= c.burn_in < c.slice_len:
+            raise ConfigError(
+                f"algorithm.slice_len={c.slice_len} and algorithm.burn_in={c.burn_in}: need slice_len >= 1 and "
+                "0 <= burn_in < slice_len"
+            )
+        return GRUAgent(self.spec.obs_dim, out_features, self.spec.n_agents, c.gru_hidden)
+
+    def unrolled(self, net: GRUAgent, batch, next: bool = False) -> torch.Tensor:
+        """A GRU agent network unrolled over a slice batch from a zero state: outputs at o [B, T, N, K],
+        or with ``next=True`` at o' (one step from the hidden state after each step)."""
+        observation = self.normalise_observation(batch.get(schema.OBS))
+        if not next:
+            return net(observation)[0]
+        return net(observation, self.normalise_observation(batch.get(schema.NEXT_OBS)))[1]
+
+    def loss_mask(self, batch) -> torch.Tensor | None:
+        """The steps [B, T] of a slice batch that enter the losses (None for a transition batch):
+        not padding, and past ``burn_in`` unless the slice starts at an episode's first step."""
+        mask = batch.get(schema.MASK, None)
+        burn_in = int(getattr(self.config, "burn_in", 0))
+        if mask is None or burn_in <= 0:
+            return mask
+        warm = torch.arange(mask.shape[-1], device=mask.device) >= burn_in
+        is_init = batch.get(schema.IS_INIT, None)
+        exact = is_init[..., :1] if is_init is not None else torch.zeros_like(mask[..., :1])
+        return mask & (warm | exact)
+
+    def rows(self, batch, value: torch.Tensor) -> torch.Tensor:
+        """``value`` unchanged for a transition batch [B, ...]; for a slice batch [B, T, ...] only the
+        loss steps, [M, ...], so that means, maxima and softmaxes over "the batch" skip padding."""
+        mask = self.loss_mask(batch)
+        return value if mask is None else value[mask]
+
+    @torch.no_grad()
+    def policy_step(self, net: GRUAgent, observation: torch.Tensor) -> torch.Tensor:
+        """One decentralised step of a GRU agent network, carrying each env's hidden state between
+        calls (``reset_policy_state`` forgets it at episode starts): [..., N, O] -> [..., N, K]."""
+        state = getattr(self, "_policy_state", None)
+        if state is None or state.shape[:-1] != observation.shape[:-1] or state.device != observation.device:
+            state = net.initial_state(observation.shape[:-2], observation.device)
+        out, self._policy_state = net.step(self.normalise_observation(observation), state)
+        return out
+
+    def reset_policy_state(self, done: torch.Tensor | None = None) -> None:
+        """Recurrent policies forget the hidden state of every env (``done`` None) or of the envs
+        where ``done`` [E] is True (their next observation starts an episode); no-op otherwise."""
+        state = getattr(self, "_policy_state", None)
+        if done is None or state is None:
+            self._policy_state = None
+            return
+        done = torch.as_tensor(done, dtype=torch.bool, device=state.device).reshape(*state.shape[:-2], 1, 1)
+        self._policy_state = state.masked_fill(done, 0.0)

@@ -8,17 +8,19 @@ from lightning_marl.algorithms.base import CONTINUOUS, DISCRETE, OfflineMARLModu
 from lightning_marl.config import AlgorithmConfig
 from lightning_marl.data import schema
 from lightning_marl.nets.actors import stochastic_actor
+from lightning_marl.nets.recurrent import RecurrentOptions, categorical_log_prob, masked_logits
 from lightning_marl.registry import register
 
 
 @dataclass
-class BCConfig(AlgorithmConfig):
+class BCConfig(RecurrentOptions, AlgorithmConfig):
     name: str = "bc"
 
 
 @register("algorithm", "bc")
 class BC(OfflineMARLModule):
-    """Behaviour cloning with a tanh-Gaussian (continuous) or masked categorical (discrete) actor.
+    """Behaviour cloning with a tanh-Gaussian (continuous) or masked categorical (discrete) actor;
+    ``recurrent=True`` (discrete): a GRU actor over [B, T] episode slices, padding masked out.
 
     Example:
         >>> from lightning_marl.data.schema import TaskSpec
@@ -32,14 +34,23 @@ class BC(OfflineMARLModule):
     hooks = ("augment_batch",)
 
     def build(self) -> None:
-        self.actor = stochastic_actor(self.spec, self.config.hidden)
+        if self.recurrent:
+            self.actor = self.gru_agent(self.spec.n_actions)  # logits
+        else:
+            self.actor = stochastic_actor(self.spec, self.config.hidden)
 
     def parameter_groups(self):
         return {"policy": [self.actor]}
 
     def losses(self, batch):
+        if self.recurrent:
+            log_pi = categorical_log_prob(self.unrolled(self.actor, batch), batch.get(schema.ACTION),
+                                          self.action_mask(batch))
+            return {"policy": -self.rows(batch, log_pi).mean()}
         log_pi = self.actor.log_prob(batch.get(schema.OBS), batch.get(schema.ACTION), self.action_mask(batch))
         return {"policy": -log_pi.mean()}
 
     def act(self, observation, mask=None):
+        if self.recurrent:
+            return masked_logits(self.policy_step(self.actor, observation), mask).argmax(-1)
         return self.actor.act(observation, mask)

@@ -67,8 +67,9 @@ class CFCQL(QMIXCQL):
     config_class = CFCQLConfig
 
     def conservative_penalty(self, batch, values: torch.Tensor, intermediates: dict | None) -> torch.Tensor:
-        action, mask = batch.get(schema.ACTION), self.action_mask(batch)
-        state = self.mixer_state(batch)
+        # Recurrent [B, T] batches: the real steps of the slices as rows [M, ...] (identity for [B]).
+        values, action, mask, state = (self.rows(batch, x) if x is not None else None for x in (
+            values, batch.get(schema.ACTION), self.action_mask(batch), self.mixer_state(batch)))
         # All N·K single-agent deviations mixed in one hypernetwork pass: [B, N, K, N] -> [B, N, K].
         deviations = self.mixer.mix_values(counterfactual_joint_values(values, action), state).squeeze(-1)
         data_q_tot = self.mixer.mix_values(chosen(values, action), state)  # [B, 1]

@@ -10,9 +10,10 @@ from lightning_marl.algorithms.base import DISCRETE
 from lightning_marl.algorithms.qmix_cql import QMIXCQL, chosen
 from lightning_marl.config import AlgorithmConfig
 from lightning_marl.data import schema
-from lightning_marl.data.next_action import NEXT_ACTION
+from lightning_marl.data.next_action import NEXT_ACTION, add_next_actions
 from lightning_marl.errors import DatasetError
 from lightning_marl.nets import CategoricalActor
+from lightning_marl.nets.recurrent import RecurrentOptions, masked_logits
 from lightning_marl.registry import register
 
 
@@ -27,7 +28,7 @@ def batch_softmax(values: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 @dataclass
-class ICQConfig(AlgorithmConfig):
+class ICQConfig(RecurrentOptions, AlgorithmConfig):
     name: str = "icq"
     critic_temperature: float = 1000.0  # T_c of the critic's batch weights (close to uniform)
     actor_temperature: float = 0.1  # T_a of the actor's batch weights
@@ -41,10 +42,12 @@ class ICQ(QMIXCQL):
     weighted by softmax_b(Q̄_tot(s', a'_D)/T_c); a masked categorical actor by advantage-weighted
     behaviour cloning, weights softmax_b(A_i/T_a) with A_i = Q_i(a_i) - E_pi Q_i. Discrete actions.
 
-    Needs the dataset's next joint action ("next", "agents", "action"): prepare the dataset with
-    ``lightning_marl.data.next_action.add_next_actions``. Without it, only batches in which every
-    row terminates are accepted (a'_D is then multiplied by 0; the current action stands in, as
-    ``add_next_actions`` would write). Agents' actor losses are averaged [choice].
+    Needs the dataset's next joint action ("next", "agents", "action"): ``prepare_transitions``
+    adds it once when the DataModule sets up (``lightning_marl.data.next_action.add_next_actions``);
+    batches built by hand need it too, except batches in which every row terminates (a'_D is then
+    multiplied by 0; the current action stands in, as ``add_next_actions`` would write). Agents'
+    actor losses are averaged [choice]. ``recurrent=True``: GRU critic and actor over [B, T]
+    episode slices; the batch softmaxes then run over the slices' real steps.
 
     Example:
         >>> from lightning_marl.collect.matrix import matrix_game_transitions
@@ -62,13 +65,22 @@ class ICQ(QMIXCQL):
     def build(self) -> None:
         super().build()
         spec = self.spec
-        self.actor = CategoricalActor(spec.obs_dim, spec.n_actions, spec.n_agents, self.config.hidden)
+        if self.recurrent:
+            self.actor = self.gru_agent(spec.n_actions)  # logits
+        else:
+            self.actor = CategoricalActor(spec.obs_dim, spec.n_actions, spec.n_agents, self.config.hidden)
 
     def parameter_groups(self):
         return {"policy": [self.actor], "q": [self.q, self.mixer]}
 
     def policy_prefixes(self) -> tuple[str, ...]:
         return ("actor.", "obs_")
+
+    def prepare_transitions(self, transitions):
+        """The dataset's transitions with the next joint action a'_D (added once, if missing)."""
+        if NEXT_ACTION in transitions.keys(include_nested=True):
+            return transitions
+        return add_next_actions(transitions)
 
     def next_action(self, batch) -> torch.Tensor:
         """The dataset's next joint action a'_D [B, N] (see the class docstring)."""
@@ -94,18 +106,22 @@ class ICQ(QMIXCQL):
         with torch.no_grad():
             next_value = self.next_value(batch)
             target = self.critic_target(batch, self.td_target(batch, next_value))
-            critic_weights = batch_softmax(next_value, c.critic_temperature)  # [B, 1]
-        values = self.agent_q(self.q, observation)  # [B, N, K]
+            critic_weights = batch_softmax(self.rows(batch, next_value), c.critic_temperature)  # [B, 1]
+        values = self.agent_values(self.q, batch)  # [B, N, K]
         q_tot = self.mixer.mix_values(chosen(values, action), self.mixer_state(batch))
-        q_loss = (critic_weights * (q_tot - target) ** 2).sum()
+        q_loss = (critic_weights * self.rows(batch, (q_tot - target) ** 2)).sum()
 
-        log_pi_all = torch.log_softmax(self.actor(self.normalise_observation(observation), mask).float(), -1)
+        if self.recurrent:
+            logits = masked_logits(self.unrolled(self.actor, batch), mask)
+        else:
+            logits = self.actor(self.normalise_observation(observation), mask)
+        log_pi_all = torch.log_softmax(logits.float(), -1)
         log_pi = chosen(log_pi_all, action)  # [B, N]
         with torch.no_grad():
             q_values = values.masked_fill(~mask, 0.0) if mask is not None else values
             advantage = chosen(q_values, action) - (log_pi_all.exp() * q_values).sum(-1)  # [B, N]
-            actor_weights = batch_softmax(advantage, c.actor_temperature)  # per agent over the batch
-        policy_loss = -(actor_weights * log_pi).sum(0).mean()
+            actor_weights = batch_softmax(self.rows(batch, advantage), c.actor_temperature)  # per agent over the batch
+        policy_loss = -(actor_weights * self.rows(batch, log_pi)).sum(0).mean()
         if intermediates is not None:
             intermediates.update(target=target, critic_weights=critic_weights, q_tot=q_tot, advantage=advantage,
                                  actor_weights=actor_weights, log_pi=log_pi)
@@ -114,4 +130,6 @@ class ICQ(QMIXCQL):
     @torch.no_grad()
     def act(self, observation, mask=None):
         """The actor's most likely available action: [..., N, O] -> [..., N]."""
+        if self.recurrent:
+            return masked_logits(self.policy_step(self.actor, observation), mask).argmax(-1)
         return self.actor.act(self.normalise_observation(observation), mask)

@@ -13,6 +13,7 @@ from lightning_marl.config import AlgorithmConfig
 from lightning_marl.data import schema
 from lightning_marl.nets import AgentMLP
 from lightning_marl.nets.qmix import QMIXMixer
+from lightning_marl.nets.recurrent import RecurrentOptions
 from lightning_marl.registry import register
 
 
@@ -48,7 +49,7 @@ def cql_gap(values: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | Non
 
 
 @dataclass
-class QMIXCQLConfig(AlgorithmConfig):
+class QMIXCQLConfig(RecurrentOptions, AlgorithmConfig):
     name: str = "qmix_cql"
     alpha: float = 1.0  # weight of the CQL penalty
     mixer_embed: int = 32  # QMIX hypernetwork embedding
@@ -64,6 +65,10 @@ class QMIXCQL(OfflineMARLModule):
     agent network and mixer (``q``/``mixer``, ``q_target``/``mixer_target`` or a ``frozen_copy()``);
     ``next_value(batch)`` is the double-Q Q̄_tot(s', a') and ``td_target(batch)`` the TD target before
     the ``critic_target`` hook.
+
+    ``recurrent=True``: Q_i is a GRU agent network unrolled over [B, T] episode slices (online and
+    target networks over the same slice; o'_t evaluated from the hidden state after step t), every
+    value above is then [B, T, ...] and the losses average over the slices' real steps only.
 
     Example:
         >>> from lightning_marl.collect.matrix import matrix_game_transitions
@@ -81,7 +86,10 @@ class QMIXCQL(OfflineMARLModule):
 
     def build(self) -> None:
         spec, c = self.spec, self.config
-        self.q = AgentMLP(spec.obs_dim, spec.n_actions, spec.n_agents, c.hidden)
+        if self.recurrent:
+            self.q = self.gru_agent(spec.n_actions)
+        else:
+            self.q = AgentMLP(spec.obs_dim, spec.n_actions, spec.n_agents, c.hidden)
         self.mixer = QMIXMixer(spec.mixer_state_dim, spec.n_agents, c.mixer_embed)
         self.q_target = self.add_target(self.q)
         self.mixer_target = self.add_target(self.mixer)
@@ -97,6 +105,13 @@ class QMIXCQL(OfflineMARLModule):
         """Q_i(o_i, .) of every agent: [..., N, O] -> [..., N, K]."""
         return agent_net(self.normalise_observation(observation))
 
+    def agent_values(self, agent_net: nn.Module, batch, next: bool = False) -> torch.Tensor:
+        """Q_i(o_i, .) [..., N, K] at the batch's o (or o' with ``next=True``); a recurrent agent
+        network is unrolled over the batch's slices."""
+        if self.recurrent:
+            return self.unrolled(agent_net, batch, next=next)
+        return self.agent_q(agent_net, batch.get(schema.NEXT_OBS if next else schema.OBS))
+
     def q_tot(self, batch, agent_net: nn.Module, mixer: QMIXMixer, action: torch.Tensor | None = None,
               next: bool = False) -> torch.Tensor:
         """Q_tot(s, a) [B, 1] of ``agent_net`` mixed by ``mixer``; a = the dataset's joint action by
@@ -105,8 +120,7 @@ class QMIXCQL(OfflineMARLModule):
             if next:
                 raise ValueError("q_tot(next=True) needs the next joint action")
             action = batch.get(schema.ACTION)
-        observation = batch.get(schema.NEXT_OBS if next else schema.OBS)
-        values = chosen(self.agent_q(agent_net, observation), action)
+        values = chosen(self.agent_values(agent_net, batch, next=next), action)
         return mixer.mix_values(values, self.mixer_state(batch, next=next))
 
     def frozen_copy(self) -> tuple[nn.Module, QMIXMixer]:
@@ -117,7 +131,7 @@ class QMIXCQL(OfflineMARLModule):
     @torch.no_grad()
     def next_value(self, batch) -> torch.Tensor:
         """Double Q: Q̄_tot(s', a') [B, 1] at a'_i = argmax over available actions of Q_i(o'_i, .)."""
-        next_action = greedy(self.agent_q(self.q, batch.get(schema.NEXT_OBS)), self.action_mask(batch, next=True))
+        next_action = greedy(self.agent_values(self.q, batch, next=True), self.action_mask(batch, next=True))
         return self.q_tot(batch, self.q_target, self.mixer_target, next_action, next=True)
 
     @torch.no_grad()
@@ -132,14 +146,14 @@ class QMIXCQL(OfflineMARLModule):
         gap = cql_gap(values, batch.get(schema.ACTION), self.action_mask(batch))
         if intermediates is not None:
             intermediates["cql_gap"] = gap
-        return gap.mean()
+        return self.rows(batch, gap).mean()
 
     def losses(self, batch, intermediates: dict | None = None):
         with torch.no_grad():
             target = self.critic_target(batch, self.td_target(batch))
-        values = self.agent_q(self.q, batch.get(schema.OBS))
+        values = self.agent_values(self.q, batch)
         q_tot = self.mixer.mix_values(chosen(values, batch.get(schema.ACTION)), self.mixer_state(batch))
-        td_loss = ((q_tot - target) ** 2).mean()
+        td_loss = self.rows(batch, (q_tot - target) ** 2).mean()
         penalty = self.conservative_penalty(batch, values, intermediates)
         if intermediates is not None:
             intermediates.update(target=target, q_tot=q_tot, td_loss=td_loss, penalty=penalty)
@@ -147,5 +161,8 @@ class QMIXCQL(OfflineMARLModule):
 
     @torch.no_grad()
     def act(self, observation, mask=None):
-        """The greedy available action of each agent under its own Q_i: [..., N, O] -> [..., N]."""
+        """The greedy available action of each agent under its own Q_i: [..., N, O] -> [..., N]
+        (recurrent: one step from each env's carried hidden state)."""
+        if self.recurrent:
+            return greedy(self.policy_step(self.q, observation), mask)
         return greedy(self.agent_q(self.q, observation), mask)

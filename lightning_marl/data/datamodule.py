@@ -38,11 +38,13 @@ class EpisodeSlices:
     An episode is a run of consecutive rows with the same ``episode`` id, also cut after a done
     row (rows of an episode stored consecutively and in time order, as collectors and importers
     write them). A slice never crosses episodes: positions past the episode's end repeat its
-    last step and are marked False in the mask. Every step of the dataset lies in a sampled slice
-    with the same probability: the start is drawn uniformly over the L + T - 1 windows of length
-    T that overlap an episode of L steps (so episodes are drawn in proportion to L + T - 1) and
-    clamped to the episode's first step, so slices that start at an episode's beginning, where a
-    zero hidden state is exact, are frequent; short episodes (L < T) are kept, padded.
+    last step and are marked False in the mask. A window of T steps is drawn uniformly among the
+    L + T - 1 windows that overlap an episode of L steps (episodes drawn in proportion to
+    L + T - 1), so every step of the dataset lies in a sampled window with the same probability,
+    as in the feed-forward sampler (the expected loss weights every transition equally). A window
+    that begins before the episode's first step is shifted to start there (a zero hidden state
+    is then exact, as at execution) and the steps it shifts in are masked out like padding: the
+    mask is True exactly on the window's steps. Short episodes (L < T) are kept, padded.
 
     Example:
         >>> from tensordict import TensorDict
@@ -77,16 +79,25 @@ class EpisodeSlices:
     def n_episodes(self) -> int:
         return len(self.starts)
 
+    @property
+    def n_windows(self) -> int:
+        """How many distinct windows there are (the sum over episodes of L + T - 1)."""
+        return int(self.cumulative[-1])
+
     def sample_index(self, batch_size: int, generator: torch.Generator):
-        """Row indices [B, T] of ``batch_size`` slices, their mask [B, T] and is_init [B, T]."""
-        total = int(self.cumulative[-1])
-        window = torch.randint(total, (batch_size,), generator=generator, device=self.cumulative.device)
+        """Row indices [B, T] of ``batch_size`` uniformly drawn windows, their mask and is_init [B, T]."""
+        window = torch.randint(self.n_windows, (batch_size,), generator=generator, device=self.cumulative.device)
+        return self.window_rows(window)
+
+    def window_rows(self, window: torch.Tensor):
+        """Row indices [B, T], mask [B, T] and is_init [B, T] of windows numbered in [0, n_windows)."""
         episode = torch.searchsorted(self.cumulative, window, right=True)
         offset = window - (self.cumulative[episode] - self.windows[episode])
-        start = self.starts[episode] + (offset - (self.slice_len - 1)).clamp(min=0)
+        first = self.starts[episode] + offset - (self.slice_len - 1)  # the window's first row (may precede the episode)
+        start = torch.maximum(first, self.starts[episode])
         rows = start.unsqueeze(-1) + self.steps  # [B, T]
         end = self.ends[episode].unsqueeze(-1)
-        mask = rows < end
+        mask = (rows < end) & (rows < (first + self.slice_len).unsqueeze(-1))
         is_init = rows == self.starts[episode].unsqueeze(-1)
         return torch.minimum(rows, end - 1), mask, is_init
 

@@ -11,13 +11,17 @@ Act = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 @torch.no_grad()
-def rollout_returns(env: EnvBase, act: Act, episodes: int, seed: int = 0) -> dict:
+def rollout_returns(env: EnvBase, act: Act, episodes: int, seed: int = 0,
+                    reset: Callable[["torch.Tensor | None"], None] | None = None) -> dict:
     """Team returns of ``episodes`` episodes of ``act`` in a batched env from ``make_env``.
 
     ``act(observation [E, N, O], mask [E, N, K] | None)`` returns int64 indices [E, N] or float
     actions [E, N, A] in the env's bounds. Finished envs reset on their own. Env ``j`` reports
     its first episodes, in the order (episode k, env j) -> k * E + j, so long episodes are not
     crowded out by short ones. The env is re-seeded with ``seed``; ``act`` owns its randomness.
+    Recurrent policies: ``reset(done)`` is called with None before the first step and with the
+    envs that finished [E] after every step (default: the ``reset_hidden`` of the object whose bound
+    method ``act`` is, e.g. ``Policy(module).act``), so hidden states restart with each episode.
 
     Example:
         >>> from lightning_marl.envs import make_env
@@ -36,8 +40,12 @@ def rollout_returns(env: EnvBase, act: Act, episodes: int, seed: int = 0) -> dic
     running = torch.zeros(n_envs, dtype=torch.float64)
     has_won = False
 
+    if reset is None:
+        reset = getattr(getattr(act, "__self__", None), "reset_hidden", None)
     env.set_seed(seed)
     td = env.reset()
+    if reset is not None:
+        reset(None)
     while (count < wanted).any():
         td["agents", "action"] = act(td["agents", "observation"], td.get(("agents", "action_mask"), None))
         td, next_td = env.step_and_maybe_reset(td)
@@ -49,6 +57,8 @@ def rollout_returns(env: EnvBase, act: Act, episodes: int, seed: int = 0) -> dic
             has_won = True
             won[record, count[record]] = td["next", "won"].reshape(n_envs).cpu()[record]
         count += done.long()
+        if reset is not None and bool(done.any()):
+            reset(done)
         running[done] = 0.0
         td = next_td
 
