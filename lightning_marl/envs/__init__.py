@@ -7,7 +7,7 @@ Example:
     3
 """
 
-from lightning_marl.envs import matrix_games, vmas  # noqa: F401  (registers the env factories)
+from lightning_marl.envs import mamujoco, matrix_games, mpe, smac, smax, vmas  # noqa: F401  (registers the env factories)
 from lightning_marl.envs.evaluation import rollout_returns
 from lightning_marl.envs.factory import env_spec, make_env
 from lightning_marl.envs.matrix_games import MatrixGameEnv, payoff

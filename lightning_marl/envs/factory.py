@@ -47,6 +47,8 @@ def env_spec(env: EnvBase) -> dict:
     """The shapes of an env made by ``make_env``: agents, observation/state sizes, actions.
 
     Continuous bounds are agent 0's (VMAS gives every agent of a group the same range).
+    ``team_reward_rule`` says how ("next", "reward") is made (datasets record it); envs whose
+    agents have unequal observation sizes pad them and add ``obs_mask`` [N][O] (True = real).
 
     Example:
         >>> spec = env_spec(make_env("matrix", "penalty", num_envs=2))
@@ -64,7 +66,11 @@ def env_spec(env: EnvBase) -> dict:
         "state_dim": env.full_observation_spec["state"].shape[-1],
         "discrete": action.domain == "discrete",
         "max_steps": _max_steps(env),
+        "team_reward_rule": getattr(env, "team_reward_rule", None),
     }
+    obs_mask = getattr(env, "obs_mask", None)  # heterogeneous agents: which padded features are real
+    if obs_mask is not None:
+        spec["obs_mask"] = obs_mask.tolist()
     if spec["discrete"]:
         spec["n_actions"] = action.space.n
     else:

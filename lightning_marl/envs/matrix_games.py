@@ -16,6 +16,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
+from lightning_marl.envs.contract import TEAM_REWARD_SHARED
 from lightning_marl.errors import ConfigError
 from lightning_marl.registry import register
 
@@ -89,6 +90,7 @@ class MatrixGameEnv(EnvBase):
     """
 
     max_steps = 1
+    team_reward_rule = TEAM_REWARD_SHARED
 
     def __init__(
         self,

@@ -111,7 +111,7 @@ def test_env_spec():
     spec = env_spec(make_env("matrix", "climbing", num_envs=2))
     assert spec == {
         "n_agents": 2, "agent_names": ["agent_0", "agent_1"], "obs_dim": 1, "state_dim": 2,
-        "discrete": True, "n_actions": 3, "max_steps": 1,
+        "discrete": True, "n_actions": 3, "max_steps": 1, "team_reward_rule": "the environment's shared team reward",
     }
     spec = env_spec(make_env("matrix", "agree", num_envs=2, n_agents=5, continuous=True))
     assert spec["n_agents"] == 5 and spec["state_dim"] == 5 and not spec["discrete"]
