@@ -184,3 +184,30 @@ class IterationProgressBar(TQDMProgressBar):
             self.train_progress_bar.n = module.iteration
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, module), refresh=False)
             self.train_progress_bar.refresh()
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class CPUThreadBudget(L.Callback):
+    """Splits the CPU cores between the DDP processes of one machine (unless OMP_NUM_THREADS is set).
+
+    Each process's torch defaults to one thread per core; two CPU ranks on two cores then run four
+    busy threads that preempt each other at every parallel region, which was measured here to slow
+    a training step by 10-100x. With ``devices`` CPU processes per node, each gets
+    ``cores // devices`` threads (at least one).
+    """
+
+    def setup(self, trainer, module, stage: str) -> None:
+        import torch
+
+        if "OMP_NUM_THREADS" in os.environ or trainer.strategy.root_device.type != "cpu":
+            return
+        local_processes = max(1, trainer.num_devices)
+        if local_processes > 1:
+            torch.set_num_threads(max(1, available_cores() // local_processes))
+

@@ -34,7 +34,14 @@ def cmd_fit(args) -> int:
     base = None
     resume = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("resume=")), None)
     if resume and Path(resume).is_dir() and (Path(resume) / "config.yaml").exists() and args.config is None:
-        base = OmegaConf.load(Path(resume) / "config.yaml")
+        try:  # a yaml SafeLoader: python tags are refused, not run
+            base = OmegaConf.load(Path(resume) / "config.yaml")
+        except Exception as error:
+            from lightning_marl.errors import ConfigError
+
+            raise ConfigError(f"cannot read {Path(resume) / 'config.yaml'}: {str(error).splitlines()[0]}") from None
+        if base.get("data") is not None and base.data.get("recipe"):
+            base.data.path = None  # the stored path is where the recipe was built: keep one dataset source
         config = None
     else:
         config = args.config or DEFAULT_CONFIG
@@ -45,9 +52,15 @@ def cmd_fit(args) -> int:
     from lightning_marl.run import fit
 
     summary = fit(cfg)
-    if not summary:
-        return 0
-    print_summary(summary)
+    if summary:
+        print_summary(summary)
+    if cfg.get("online") is not None:  # fit, then fine-tune online: one config
+        from lightning_marl.online import finetune_after_fit
+
+        online = finetune_after_fit(cfg, summary)
+        if online and online is not summary:
+            print_summary(online)
+            print(f"  env steps          {online.get('env_steps')} ({_fmt(online.get('env_steps_per_s'), 1)} env steps/s)")
     return 0
 
 
@@ -161,6 +174,9 @@ def cmd_dataset(args) -> int:
         for line in action_statistics(ds):
             print(f"  {line}")
         print(f"  checksum       {meta['checksum']}")
+        from lightning_marl.data.card import plot_for_info
+
+        plot_for_info(ds, getattr(args, "plot", None), getattr(args, "no_plot", False))
     elif args.dataset_command == "verify":
         ds = verify_dataset(args.path)
         print(f"ok: {ds.path} ({len(ds)} transitions, {len(ds.metadata['arrays'])} arrays, checksums match)")
@@ -202,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dataset.add_subparsers(dest="dataset_command", required=True)
     info = dsub.add_parser("info", help="print a dataset card")
     info.add_argument("path")
+    info.add_argument("--plot", help="where to write the PNG histogram of episode returns (default: PATH/returns.png)")
+    info.add_argument("--no-plot", action="store_true", help="do not write the histogram")
     verify = dsub.add_parser("verify", help="check sizes, dtypes, every checksum and the batch contract")
     verify.add_argument("path")
     info.set_defaults(func=cmd_dataset)

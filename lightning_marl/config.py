@@ -87,6 +87,25 @@ class PluginConfig:
 
 
 @dataclass
+class OnlineConfig:
+    """Online fine-tuning (``finetune``, or ``fit`` with this section): collection, buffer and mix.
+
+    Training iteration k collects ``frames_per_batch`` env steps (``num_envs`` batched envs, per
+    rank) when k is a multiple of ``updates_per_collection``; ``algorithm.steps`` is then derived
+    from the ``env_steps`` budget. ``offline_ratio`` of each batch comes from the offline dataset.
+    In a ``fit`` config, this section continues the run online after the offline budget.
+    """
+
+    env_steps: int = 100_000
+    num_envs: int = 8
+    frames_per_batch: int = 256
+    updates_per_collection: int = 16
+    buffer_size: int = 100_000
+    offline_ratio: float = 0.0
+    plugins: List[PluginConfig] = field(default_factory=list)  # added to `plugins` for the online phase only
+
+
+@dataclass
 class RunConfig:
     """The whole run: what ``python -m lightning_marl fit`` reads."""
 
@@ -104,6 +123,9 @@ class RunConfig:
     checkpoint_every: int = 1000
     resume: Optional[str] = None
     progress: bool = True
+    compile: bool = False  # torch.compile the method's losses (forward and backward); "reduce-overhead" (CUDA graphs) on CUDA
+    online: Optional[OnlineConfig] = None  # online fine-tuning (finetune); see OnlineConfig
+    init: Optional[str] = None  # finetune: the checkpoint whose weights start the run
 
 
 # Trainer arguments owned by other top-level keys, and where to set them instead.
@@ -201,6 +223,8 @@ def load_config(config: str | Path | None, overrides: list[str] = (), base: Dict
     schema = OmegaConf.structured(RunConfig(algorithm=algorithm_cls()))
     if raw.get("env") is not None:
         schema.env = OmegaConf.structured(EnvConfig)
+    if raw.get("online") is not None:
+        schema.online = OmegaConf.structured(OnlineConfig)
     try:
         merged = OmegaConf.merge(schema, raw)
     except OmegaConfBaseException as error:
@@ -277,6 +301,23 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError("log_every and checkpoint_every must be >= 1")
     for index, plugin in enumerate(cfg.plugins):
         plugin_params(plugin, f"plugins.{index}")
+    if cfg.get("online") is not None:
+        _check_online(cfg.online)
+
+
+def _check_online(online) -> None:
+    for key in ("env_steps", "num_envs", "frames_per_batch", "updates_per_collection", "buffer_size"):
+        if online[key] < 1:
+            raise ConfigError(f"online.{key} must be >= 1, found {online[key]}")
+    if online.frames_per_batch % online.num_envs:
+        raise ConfigError(
+            f"online.frames_per_batch ({online.frames_per_batch}) must be a multiple of online.num_envs "
+            f"({online.num_envs}): each collection steps every env the same number of times"
+        )
+    if not 0.0 <= online.offline_ratio <= 1.0:
+        raise ConfigError(f"online.offline_ratio must lie in [0, 1], found {online.offline_ratio}")
+    for index, plugin in enumerate(online.plugins):
+        plugin_params(plugin, f"online.plugins.{index}")
 
 
 def plugin_params(plugin_cfg, where: str = "plugins"):
@@ -303,4 +344,8 @@ def to_yaml(cfg: DictConfig) -> str:
 
 def from_yaml(text: str) -> DictConfig:
     """Rebuild (and re-validate) a run config from the YAML text stored in a checkpoint."""
-    return load_config(None, [], base=OmegaConf.create(text))
+    try:
+        base = OmegaConf.create(text)  # OmegaConf's loader is a yaml SafeLoader: python tags are refused
+    except Exception as error:
+        raise ConfigError(f"the stored config is not plain YAML: {_first_line(error)}") from None
+    return load_config(None, [], base=base)

@@ -15,11 +15,18 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import OmegaConf
 
 from lightning_marl import registry
-from lightning_marl.callbacks import EvaluationCallback, GracefulStop, IterationCheckpoint, IterationProgressBar
+from lightning_marl.callbacks import (
+    CPUThreadBudget,
+    EvaluationCallback,
+    GracefulStop,
+    IterationCheckpoint,
+    IterationProgressBar,
+)
 from lightning_marl.config import ENV_FROM_DATASET, algorithm_params, load_config, plugin_params, to_yaml
 from lightning_marl.data.datamodule import OfflineDataModule
 from lightning_marl.data.dataset import Dataset, load_dataset, normalised_score
@@ -75,6 +82,7 @@ def resume_checkpoint(cfg) -> Path | None:
     ckpt = target / "checkpoints" / "last.ckpt" if target.is_dir() else target
     if not ckpt.exists():
         raise ConfigError(f"resume={cfg.resume}: no checkpoint at {ckpt}")
+    load_checkpoint(ckpt)  # refuses a file that needs unpickling (or is not ours) with a ConfigError, before Lightning reads it
     return ckpt
 
 
@@ -97,7 +105,19 @@ def resolve_env(cfg, dataset: Dataset):
 
 
 def build_plugins(cfg) -> list:
-    return [registry.get("plugin", p.name)(plugin_params(p, f"plugins.{i}")) for i, p in enumerate(cfg.plugins)]
+    plugins = [registry.get("plugin", p.name)(plugin_params(p, f"plugins.{i}")) for i, p in enumerate(cfg.plugins)]
+    if cfg.get("online") is None:  # only online collection calls the explore hook
+        from lightning_marl.algorithms.base import ONLINE_HOOKS
+        from lightning_marl.errors import PluginError
+
+        for p, plugin in zip(cfg.plugins, plugins):
+            online_only = set(plugin.implemented_hooks()) & set(ONLINE_HOOKS)
+            if online_only:
+                raise PluginError(
+                    f"plugin {p.name!r} implements {', '.join(sorted(online_only))}, which only online collection "
+                    "calls: use it with `python -m lightning_marl finetune` (or add an online section)"
+                )
+    return plugins
 
 
 def quiet_lightning() -> None:
@@ -118,6 +138,8 @@ def fit(cfg, datamodule_class=OfflineDataModule, extra_callbacks=()) -> dict:
     spec = dataset.spec
     method = registry.get("algorithm", cfg.algorithm.name)
     module = method(spec, algorithm_params(cfg), plugins=build_plugins(cfg), log_every=cfg.log_every)
+    if cfg.get("compile"):
+        module.compile_losses(cuda=cfg.trainer.get("accelerator") in ("gpu", "cuda") or torch.cuda.is_available())
     run_dir = Path(cfg.run_dir) if cfg.run_dir else (ckpt_path.parent.parent if ckpt_path else resolve_run_dir(cfg, dataset))
     cfg = OmegaConf.merge(cfg, {"run_dir": str(run_dir), "data": {"path": str(dataset.path)}})
     config_yaml = to_yaml(cfg)
@@ -143,7 +165,7 @@ def fit(cfg, datamodule_class=OfflineDataModule, extra_callbacks=()) -> dict:
     trainer = L.Trainer(
         max_epochs=-1,  # the module stops the run when algorithm.steps iterations are done
         logger=logger,
-        callbacks=[GracefulStop(cfg.log_every), checkpointer, evaluator,
+        callbacks=[CPUThreadBudget(), GracefulStop(cfg.log_every), checkpointer, evaluator,
                    *([IterationProgressBar()] if cfg.progress else []), *extra_callbacks],
         deterministic=cfg.deterministic,
         default_root_dir=str(run_dir),

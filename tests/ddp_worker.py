@@ -17,7 +17,8 @@ class DumpParameters(L.Callback):
 
     def on_train_end(self, trainer, module):
         state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        torch.save({"state": state, "iteration": module.iteration}, self.out_dir / f"rank{trainer.global_rank}.pt")
+        torch.save({"state": state, "iteration": module.iteration, "threads": torch.get_num_threads()},
+                   self.out_dir / f"rank{trainer.global_rank}.pt")
 
 
 if __name__ == "__main__":

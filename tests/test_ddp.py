@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from lightning_marl.callbacks import available_cores
 from lightning_marl.config import load_config
 from lightning_marl.data.datamodule import OfflineDataModule
 from lightning_marl.run import fit
@@ -25,6 +26,7 @@ def _run_ddp(tmp_path, dataset, algorithm, steps, extra=()):
         "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu", *extra,
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("OMP_NUM_THREADS", None)
     result = subprocess.run([sys.executable, str(WORKER), str(out), *overrides], capture_output=True, text=True,
                             timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -61,5 +63,7 @@ def test_bc_under_ddp_equals_one_process_on_both_ranks_batches(tmp_path, continu
 def test_omiga_under_ddp_keeps_ranks_identical(tmp_path, continuous_dataset):
     ranks, _ = _run_ddp(tmp_path, continuous_dataset, "omiga", steps=4, extra=["algorithm.mixer_hidden=8"])
     assert ranks[0]["iteration"] == ranks[1]["iteration"] == 4
+    # The two CPU processes split the cores instead of each starting one thread per core.
+    assert ranks[0]["threads"] == ranks[1]["threads"] == max(1, available_cores() // 2)
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), f"ranks differ in {key}"
