@@ -323,10 +323,34 @@ class OfflineMARLModule(L.LightningModule):
     def normalises_observations(self) -> bool:
         return bool(getattr(self.config, "normalise_observations", False))
 
+    @property
+    def normalises_state(self) -> bool:
+        """Whether the mixer's state input is standardised by dataset statistics (``normalise_state``)."""
+        return bool(getattr(self.config, "normalise_state", False))
+
     def _register_normaliser(self) -> None:
         if self.normalises_observations:
             self.register_buffer("obs_mean", torch.zeros(self.spec.obs_dim))
             self.register_buffer("obs_std", torch.ones(self.spec.obs_dim))
+        if self.normalises_state:
+            self.register_buffer("state_mean", torch.zeros(self.spec.mixer_state_dim))
+            self.register_buffer("state_std", torch.ones(self.spec.mixer_state_dim))
+
+    @torch.no_grad()
+    def fit_state_normaliser(self, transitions, chunk: int = 1 << 16) -> None:
+        """Set state_mean/state_std from the dataset's mixer inputs (chunked: the data stays mapped)."""
+        state = transitions.get(schema.AGENT_STATE if self.spec.agent_state_dim else schema.STATE)
+        total = torch.zeros(self.spec.mixer_state_dim, dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        for start in range(0, state.shape[0], chunk):
+            block = state[start:start + chunk].reshape(-1, self.spec.mixer_state_dim).double()
+            total += block.sum(0)
+            squares += (block**2).sum(0)
+        count = max(state.shape[0], 1)
+        mean = total / count
+        std = (squares / count - mean**2).clamp(min=0).sqrt()
+        self.state_mean.copy_(mean.float())
+        self.state_std.copy_(std.float().clamp(min=1e-3))
 
     @torch.no_grad()
     def fit_observation_normaliser(self, transitions, chunk: int = 1 << 16) -> None:
@@ -354,6 +378,8 @@ class OfflineMARLModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.normalises_observations and datamodule is not None and hasattr(datamodule, "dataset"):
             self.fit_observation_normaliser(datamodule.dataset.transitions)
+        if self.normalises_state and datamodule is not None and hasattr(datamodule, "dataset"):
+            self.fit_state_normaliser(datamodule.dataset.transitions)
 
     # ---- state ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -377,9 +403,12 @@ class OfflineMARLModule(L.LightningModule):
     def mixer_state(self, batch, next: bool = False) -> torch.Tensor:
         """The mixer's input: concatenated per-agent states when the data has them, else state."""
         if self.spec.agent_state_dim:
-            value = batch.get(schema.NEXT_AGENT_STATE if next else schema.AGENT_STATE)
-            return value.flatten(-2)
-        return batch.get(schema.NEXT_STATE if next else schema.STATE)
+            value = batch.get(schema.NEXT_AGENT_STATE if next else schema.AGENT_STATE).flatten(-2)
+        else:
+            value = batch.get(schema.NEXT_STATE if next else schema.STATE)
+        if self.normalises_state:
+            value = (value - self.state_mean) / self.state_std
+        return value
 
     def not_terminated(self, batch) -> torch.Tensor:
         """1 - terminated, [B, 1] (truncation keeps bootstrapping)."""

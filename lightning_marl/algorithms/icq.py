@@ -34,6 +34,7 @@ class ICQConfig(RecurrentOptions, AlgorithmConfig):
     actor_temperature: float = 0.1  # T_a of the actor's batch weights
     mixer_embed: int = 32
     normalise_observations: bool = False  # [choice] off: discrete features come pre-scaled
+    normalise_state: bool = True  # the mixer's hypernetworks see the state standardised by dataset statistics
 
 
 @register("algorithm", "icq")

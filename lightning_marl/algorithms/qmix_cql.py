@@ -54,6 +54,7 @@ class QMIXCQLConfig(RecurrentOptions, AlgorithmConfig):
     alpha: float = 1.0  # weight of the CQL penalty
     mixer_embed: int = 32  # QMIX hypernetwork embedding
     normalise_observations: bool = False  # [choice] off: discrete (SMAC-like) features come pre-scaled
+    normalise_state: bool = True  # the mixer's hypernetworks see the state standardised by dataset statistics
 
 
 @register("algorithm", "qmix_cql")
