@@ -17,6 +17,8 @@ evaluation within the first ``--early`` fraction of the budget, the return after
 all mean ± std over seeds; and the online collection throughput, env steps per second with
 learning on) and writes ``unlearning.png`` (mean ± std over seeds per arm).
 
+QMIX-CQL's mixer reads SMAX's raw world state (values up to ~32) standardised by the dataset's
+statistics (``normalise_state``, its default), so the plain ``smax`` env trains stably.
 Offline QMIX-CQL uses alpha 10 (with alpha 1 the small SMAX rewards left Q nearly flat and the
 greedy policy never engaged: return 0); online the CQL penalty is off (``--online-alpha 0``: plain
 QMIX TD learning plus the arm's plugins). Schedules are scaled to the small budget: lambda anneals 1 -> 0 over the whole budget (the
@@ -47,28 +49,6 @@ ARMS = {
 }
 
 
-STATE_SCALE = 1 / 32  # SMAX's world state holds positions and cooldowns up to ~32
-
-
-def register_scaled_smax() -> str:
-    """Register ``smax_scaled``: SMAX with its world state multiplied by 1/32 (a TorchRL
-    ObservationNorm), through the public registry like any third-party env. QMIX-CQL's mixer reads
-    the raw state: with SMAX's (up to ~32) its TD loss diverged (gradient norm ~5e3 after 200
-    steps, behaviour agreement 40 %); scaled, it trained (gradient norm ~3, agreement 71 %)."""
-    from torchrl.envs import Compose, ObservationNorm, TransformedEnv
-
-    from lightning_marl.envs import make_env
-    from lightning_marl.registry import register
-
-    @register("env", "smax_scaled")
-    def make_smax_scaled(task, *, num_envs=32, seed=0, device="cpu", max_steps=None, **params):
-        """SMAX with the world state scaled by 1/32 (benchmarks/unlearning.py)."""
-        env = make_env("smax", task, num_envs=num_envs, seed=seed, device=device, max_steps=max_steps, **params)
-        return TransformedEnv(env, Compose(ObservationNorm(loc=0.0, scale=STATE_SCALE, in_keys=["state"])))
-
-    return "smax_scaled"
-
-
 def focus_fire(move: int = 1):
     """Attack the first available enemy; with no target in range, move ``move`` (east) when available."""
     import torch
@@ -94,7 +74,7 @@ def build_dataset(path: Path, task: str, episodes: int, num_envs: int, seed: int
 
     if (path / "metadata.json").exists():
         return load_dataset(path)
-    env = make_env(register_scaled_smax(), task, num_envs=num_envs, seed=seed)
+    env = make_env("smax", task, num_envs=num_envs, seed=seed)
     spec = env_spec(env)
     generator = torch.Generator().manual_seed(seed)
     expert, random = focus_fire(), uniform_random(spec, generator)
@@ -119,7 +99,7 @@ def build_dataset(path: Path, task: str, episodes: int, num_envs: int, seed: int
                          discrete=True, n_actions=spec["n_actions"], agent_names=spec["agent_names"])
     env.close()
     return write_dataset(path, transitions, {
-        "spec": task_spec, "env": {"name": "smax_scaled", "task": task, "params": {}, "max_steps": None},
+        "spec": task_spec, "env": {"name": "smax", "task": task, "params": {}, "max_steps": None},
         "quality": "mixed", "reference_returns": reference,
         "description": "focus fire with random-action probability 0.1/0.5/1.0 per episode (40/40/20 %)",
     }, overwrite=True)
@@ -135,7 +115,6 @@ def run(args) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    register_scaled_smax()
     began = time.perf_counter()
     dataset = build_dataset(out / "dataset", args.task, args.episodes, args.num_envs)
     print(f"dataset {len(dataset)} transitions, reference {dataset.reference_returns} "

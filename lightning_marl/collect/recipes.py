@@ -25,6 +25,7 @@ from lightning_marl.collect.matrix import matrix_game_transitions
 from lightning_marl.data.dataset import write_dataset
 from lightning_marl.data.schema import TaskSpec
 from lightning_marl.envs import env_spec, make_env, payoff, rollout_returns
+from lightning_marl.envs.contract import TEAM_REWARD_MEAN
 from lightning_marl.errors import ConfigError
 
 DATA_ENV = "LIGHTNING_MARL_DATA"
@@ -44,6 +45,7 @@ class Recipe:
     reference_episodes: int = 64
     seed: int = 0
     version: int = 1
+    discrete_noise: bool = False  # noise levels are per-agent, per-step probabilities of a random valid action
 
 
 RECIPES: dict[str, Recipe] = {
@@ -64,9 +66,36 @@ RECIPES: dict[str, Recipe] = {
         reference_episodes=4096,
         joint_actions=[[[0, 0], 0.25], [[1, 1], 0.45], [[2, 2], 0.30]],
     ),
+    "smax_3m": Recipe(
+        description="JaxMARL SMAX 3m (3 marines against SMAX's heuristic enemy, 100 steps); mixed quality: per "
+        "episode the focus-fire heuristic (shoot the first enemy in range, else move east) with each ally "
+        "taking a uniformly random available action with probability 0.1 (40%), 0.5 (40%) or 1.0 (20%) "
+        "at every step; 1000 episodes",
+        env={"name": "smax", "task": "3m", "max_steps": 100, "params": {}},
+        episodes=1000,
+        behaviour="focus_fire",
+        mixture={"0.1": 0.4, "0.5": 0.4, "random": 0.2},
+        discrete_noise=True,
+        num_envs=64,
+        reference_episodes=128,
+    ),
 }
 
-_HEURISTICS = {"navigation_heuristic": navigation_heuristic}
+
+def _focus_fire(spec: dict):
+    """SMAX's scripted focus fire; where its move is unavailable (a dead ally, a wall), the first
+    available action instead."""
+    from lightning_marl.envs.smax import focus_fire  # imports no jax
+
+    def act(observation, mask):
+        action = focus_fire(observation, mask)
+        valid = mask.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        return torch.where(valid, action, mask.float().argmax(-1))
+
+    return act
+
+
+_HEURISTICS = {"navigation_heuristic": navigation_heuristic, "focus_fire": _focus_fire}
 
 
 def data_dir() -> Path:
@@ -104,8 +133,8 @@ def _mixture_policy(recipe: Recipe, spec: dict, generator: torch.Generator):
     probs = torch.tensor([recipe.mixture[k] for k in levels])
     noise = torch.tensor([0.0 if k == "random" else float(k) for k in levels])
     is_random = torch.tensor([k == "random" for k in levels])
-    low = torch.tensor(spec["action_low"])
-    high = torch.tensor(spec["action_high"])
+    low = torch.tensor(spec.get("action_low") or [0.0])
+    high = torch.tensor(spec.get("action_high") or [0.0])
     level_of_env = torch.zeros(recipe.num_envs, dtype=torch.int64)
 
     def on_reset(done: torch.Tensor) -> None:
@@ -114,6 +143,10 @@ def _mixture_policy(recipe: Recipe, spec: dict, generator: torch.Generator):
 
     def act(observation, mask=None):
         action = expert(observation, mask)
+        if recipe.discrete_noise:
+            pick = torch.rand(action.shape, generator=generator) < noise[level_of_env].unsqueeze(-1)
+            pick |= is_random[level_of_env].unsqueeze(-1)
+            return torch.where(pick, random(observation, mask), action)
         std = (noise[level_of_env] * (high - low).mean()).view(-1, 1, 1)
         action = action + std * torch.randn(action.shape, generator=generator)
         action = torch.maximum(torch.minimum(action, high), low)
@@ -184,7 +217,7 @@ def build_recipe(name: str, path: Path, progress: bool = True) -> Path:
                 "source": f"rollouts of the uniform random policy and of {expert_source}, "
                           f"{recipe.reference_episodes} episodes each",
             },
-            "team_reward_rule": "mean of the per-agent rewards the environment gives",
+            "team_reward_rule": spec["team_reward_rule"] or TEAM_REWARD_MEAN,
             "generation": {
                 "command": f"lightning_marl recipe {name}", "seed": recipe.seed, "recipe_version": recipe.version,
                 "versions": {"torch": torch.__version__, "torchrl": torchrl.__version__,
