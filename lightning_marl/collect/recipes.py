@@ -21,7 +21,7 @@ import torch
 
 from lightning_marl.collect.behaviour import navigation_heuristic, uniform_random
 from lightning_marl.collect.collector import collect_transitions
-from lightning_marl.collect.matrix import matrix_game_transitions
+from lightning_marl.collect.matrix import continuous_agree_transitions, matrix_game_transitions
 from lightning_marl.data.dataset import write_dataset
 from lightning_marl.data.schema import TaskSpec
 from lightning_marl.envs import env_spec, make_env, payoff, rollout_returns
@@ -65,6 +65,15 @@ RECIPES: dict[str, Recipe] = {
         behaviour="matrix",
         reference_episodes=4096,
         joint_actions=[[[0, 0], 0.25], [[1, 1], 0.45], [[2, 2], 0.30]],
+    ),
+    "agree_two_modes": Recipe(
+        description="continuous agree game, 3 agents: half the episodes every agent near +1, half every agent "
+        "near -1 (noise std 0.1), nothing in between: two equally good joint modes (the multimodal case of "
+        "OMSD); 2000 one-step episodes",
+        env={"name": "matrix", "task": "agree", "max_steps": None, "params": {"n_agents": 3, "continuous": True}},
+        episodes=2000,
+        behaviour="agree_two_modes",
+        reference_episodes=4096,
     ),
     "smax_3m": Recipe(
         description="JaxMARL SMAX 3m (3 marines against SMAX's heuristic enemy, 100 steps); mixed quality: per "
@@ -159,7 +168,8 @@ def _mixture_policy(recipe: Recipe, spec: dict, generator: torch.Generator):
 def _constant_joint_action(joint_action):
     """The 'expert' of a matrix game: always play the given joint action."""
     def act(observation, mask=None):
-        return torch.as_tensor(joint_action).expand(*observation.shape[:-2], len(joint_action))
+        action = torch.as_tensor(joint_action)
+        return action.expand(*observation.shape[:-2], *action.shape)
 
     return act
 
@@ -180,6 +190,15 @@ def build_recipe(name: str, path: Path, progress: bool = True) -> Path:
         best = max(joint_actions, key=lambda a: float(payoff(env_cfg["task"], torch.tensor(a), **env_cfg["params"])))
         expert = _constant_joint_action(best)
         expert_source = f"the best joint action in the data, {tuple(best)}"
+    elif recipe.behaviour == "agree_two_modes":
+        half = recipe.episodes // 2
+        n_agents = env_cfg["params"]["n_agents"]
+        modes = [continuous_agree_transitions(n, n_agents, good_fraction=1.0, mode=mode, noise=0.1, seed=recipe.seed + i)[0]
+                 for i, (n, mode) in enumerate(((half, 1.0), (recipe.episodes - half, -1.0)))]
+        modes[1]["episode"] += half
+        transitions = torch.cat(modes)
+        expert = _constant_joint_action([[1.0]] * n_agents)
+        expert_source = "every agent playing +1"
     else:
         generator = torch.Generator().manual_seed(recipe.seed)
         act, on_reset = _mixture_policy(recipe, spec, generator)
@@ -210,7 +229,7 @@ def build_recipe(name: str, path: Path, progress: bool = True) -> Path:
             "spec": task_spec,
             "env": {"name": env_cfg["name"], "task": env_cfg["task"], "params": env_cfg["params"],
                     "max_steps": env_cfg["max_steps"]},
-            "quality": "coordinated" if recipe.behaviour == "matrix" else "mixed",
+            "quality": {"matrix": "coordinated", "agree_two_modes": "expert"}.get(recipe.behaviour, "mixed"),
             "description": recipe.description,
             "reference_returns": {
                 "random": random_return, "expert": expert_return,

@@ -100,3 +100,15 @@ def test_smax_recipe_builds_a_valid_dataset_with_wins_and_references(tmp_path, m
     reference = meta["reference_returns"]
     assert reference["expert"] > reference["random"] + 0.5
     assert "focus_fire" in reference["source"]
+
+
+def test_agree_two_modes_recipe_holds_both_modes_and_nothing_between(tmp_path, monkeypatch):
+    monkeypatch.setenv(recipes.DATA_ENV, str(tmp_path))
+    ds = load_dataset(recipes.ensure_recipe("agree_two_modes", progress=False))
+    action = ds.transitions[schema.ACTION].squeeze(-1)  # [T, 3]
+    side = action.mean(-1).sign()
+    assert (side > 0).sum() == (side < 0).sum() == 1000
+    assert (action.sign() == side.unsqueeze(-1)).float().mean() > 0.99  # agents agree within an episode
+    references = ds.metadata["reference_returns"]
+    assert references["expert"] == 1.0 and references["random"] < 0.6
+    assert ds.metadata["quality"] == "expert" and len(set(ds.transitions["episode"].tolist())) == 2000
