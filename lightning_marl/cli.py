@@ -64,11 +64,11 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(summary: dict, command: str = "fit") -> None:
     final, best = summary.get("final"), summary.get("best")
     lines = [
         "",
-        f"lightning_marl fit: {summary['algorithm']} on {summary['dataset']}",
+        f"lightning_marl {command}: {summary['algorithm']} on {summary['dataset']}",
         f"  iterations         {summary.get('iteration')}",
         f"  grad-steps/s       {_fmt(summary.get('grad_steps_per_s'), 1)}",
     ]

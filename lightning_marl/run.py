@@ -141,7 +141,9 @@ def fit(cfg, datamodule_class=OfflineDataModule, extra_callbacks=()) -> dict:
     if cfg.get("compile"):
         module.compile_losses(cuda=cfg.trainer.get("accelerator") in ("gpu", "cuda") or torch.cuda.is_available())
     run_dir = Path(cfg.run_dir) if cfg.run_dir else (ckpt_path.parent.parent if ckpt_path else resolve_run_dir(cfg, dataset))
-    cfg = OmegaConf.merge(cfg, {"run_dir": str(run_dir), "data": {"path": str(dataset.path)}})
+    # The stored config names one dataset source: a recipe stays a recipe (dataset.json has its path).
+    cfg = OmegaConf.merge(cfg, {"run_dir": str(run_dir)} if cfg.data.get("recipe") else
+                          {"run_dir": str(run_dir), "data": {"path": str(dataset.path)}})
     config_yaml = to_yaml(cfg)
     dataset_info = {
         "id": dataset.id, "checksum": dataset.checksum, "path": str(dataset.path),

@@ -33,7 +33,7 @@ def cmd_finetune(args) -> int:
         return 0
     from lightning_marl.cli import _fmt, print_summary
 
-    print_summary(summary)
+    print_summary(summary, command="finetune")
     print(f"  env steps          {summary.get('env_steps')} ({_fmt(summary.get('env_steps_per_s'), 1)} env steps/s "
           f"with learning on)")
     return 0
