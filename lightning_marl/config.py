@@ -53,7 +53,7 @@ class DataConfig:
     recipe: Optional[str] = None
     verify: str = "auto"
     device: str = "cpu"
-    prefetch: int = 4  # batches fetched ahead by background threads (0: inline); CPU storage only
+    prefetch: int = 0  # batches fetched ahead by background threads (0: inline); for slow storage (see docs/performance.md)
 
 
 ENV_FROM_DATASET = "dataset"
