@@ -167,7 +167,7 @@ class Collection:
             train = train_masac if cfg.train.algorithm == "masac" else train_behaviour
             index = train(self.make_env, self.task, cfg.train, self.training_dir, seed=cfg.seed,
                           eval_seed=cfg.seed + 1, progress=cfg.progress)
-            return checkpoint_ladder(index)
+            return checkpoint_ladder(index, cfg.train.algorithm)
         file = self.work / "ladder.json"
         if file.exists():
             return json.loads(file.read_text())

@@ -85,9 +85,9 @@ def scripted_ladder(name: str) -> list[dict]:
              "policy": {"kind": "scripted", "name": name, "random_prob": p}} for p in SCRIPTED_RANDOM_PROBS]
 
 
-def checkpoint_ladder(index: list[dict]) -> list[dict]:
+def checkpoint_ladder(index: list[dict], algorithm: str = "mappo") -> list[dict]:
     """The ladder of trained checkpoints (``train_behaviour``'s index), in training order."""
-    return [{"label": f"PPO checkpoint at iteration {e['iteration']} ({e['env_steps']} env steps)",
+    return [{"label": f"{algorithm.upper()} checkpoint at iteration {e['iteration']} ({e['env_steps']} env steps)",
              "policy": {"kind": "checkpoint", "file": e["file"], "iteration": e["iteration"]},
              "return": e["eval_return"], "env_steps": e["env_steps"]} for e in index]
 
