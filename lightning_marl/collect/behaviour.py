@@ -115,3 +115,16 @@ def noisy(
         return torch.where(pick.unsqueeze(-1), random_action, action)
 
     return act
+
+
+def focus_fire_heuristic(spec: dict):
+    """SMAX's scripted focus fire (``envs.smax.focus_fire``); where its choice is unavailable (a dead
+    ally, a wall), the first available action instead, so datasets always pass the mask check."""
+    from lightning_marl.envs.smax import focus_fire  # imports no jax
+
+    def act(observation, mask):
+        action = focus_fire(observation, mask)
+        valid = mask.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+        return torch.where(valid, action, mask.float().argmax(-1))
+
+    return act

@@ -30,26 +30,12 @@ from __future__ import annotations
 
 import torch
 
-from lightning_marl.collect.behaviour import navigation_heuristic, noisy, uniform_random
+from lightning_marl.collect.behaviour import focus_fire_heuristic, navigation_heuristic, noisy, uniform_random
 from lightning_marl.collect.online_training import load_behaviour
 from lightning_marl.data.dataset import normalised_score
 from lightning_marl.errors import ConfigError, TrainingError
 
-
-def smax_focus_fire(spec: dict):
-    """SMAX's scripted focus fire (``envs.smax.focus_fire``); an unavailable choice falls back to the
-    first available action."""
-    from lightning_marl.envs.smax import focus_fire  # imports no jax
-
-    def act(observation, mask):
-        action = focus_fire(observation, mask)
-        valid = mask.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        return torch.where(valid, action, mask.float().argmax(-1))
-
-    return act
-
-
-SCRIPTED = {"navigation_heuristic": navigation_heuristic, "focus_fire": smax_focus_fire}
+SCRIPTED = {"navigation_heuristic": navigation_heuristic, "focus_fire": focus_fire_heuristic}
 SCRIPTED_RANDOM_PROBS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]
 
 

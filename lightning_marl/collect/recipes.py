@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_marl.collect.behaviour import navigation_heuristic, uniform_random
+from lightning_marl.collect.behaviour import focus_fire_heuristic, navigation_heuristic, uniform_random
 from lightning_marl.collect.collector import collect_transitions
 from lightning_marl.collect.matrix import continuous_agree_transitions, matrix_game_transitions
 from lightning_marl.data.dataset import write_dataset
@@ -91,20 +91,7 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def _focus_fire(spec: dict):
-    """SMAX's scripted focus fire; where its move is unavailable (a dead ally, a wall), the first
-    available action instead."""
-    from lightning_marl.envs.smax import focus_fire  # imports no jax
-
-    def act(observation, mask):
-        action = focus_fire(observation, mask)
-        valid = mask.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        return torch.where(valid, action, mask.float().argmax(-1))
-
-    return act
-
-
-_HEURISTICS = {"navigation_heuristic": navigation_heuristic, "focus_fire": _focus_fire}
+_HEURISTICS = {"navigation_heuristic": navigation_heuristic, "focus_fire": focus_fire_heuristic}
 
 
 def data_dir() -> Path:
