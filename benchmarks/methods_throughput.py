@@ -23,6 +23,10 @@ medians over alternating rounds), for each method and number of agents (batch 12
 * **GFLOP/s**: our matmul FLOPs per step (mean of two consecutive steps) times steps/s, against
   a dense 2048x2048 float32 matmul measured in the same run on the same threads.
 * **bf16**: our step under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
+* **matmul floor**: our step's matrix products alone, replayed back to back (two consecutive
+  steps, so TD3's delayed actor is averaged; see ``benchmarks/matmul_floor.py``): the fastest
+  any implementation doing these products could go, so ``floor / plain`` bounds the speed-up
+  over the plain loop. ``bf16 matmul floor``: the same for our bf16-autocast step.
 
 Methods: ``iql`` (independent per-agent critics, the default), ``iql_central`` (centralised
 Q(s, a), V(s)), ``matd3bc``, ``matd3bc_same_flops``, ``qmix_cql`` (discrete, 9 actions, random action masks).
@@ -47,6 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import throughput as tp  # noqa: E402  (sets RL_LOGGING_LEVEL before torchrl is imported)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from matmul_floor import MatmulReplay, record_matmuls  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -513,7 +518,14 @@ def main(argv=None) -> None:
             for step, items in s.values():
                 tp.steps_per_second(step, items, args.warmup)
             s["flops"], s["plain_flops"] = mean_flops(*s["ours"]), mean_flops(*s["plain"])
-            s["results"] = {variant: [] for variant in ("ours", "plain", "bf16") if variant in s}
+            # two consecutive steps (TD3's actor is delayed); a replay counts as two steps
+            two_steps = (lambda step: lambda items: [step(item) for item in items])
+            floor = MatmulReplay(record_matmuls(two_steps(module.train_step), pool[:2]))
+            s["floor"] = (lambda _, f=floor: f.run_once(), [None])
+            if "bf16" in s:
+                bf16_floor = MatmulReplay(record_matmuls(two_steps(s["bf16"][0]), pool[2:4]))
+                s["bf16_floor"] = (lambda _, f=bf16_floor: f.run_once(), [None])
+            s["results"] = {variant: [] for variant in ("ours", "plain", "floor", "bf16", "bf16_floor") if variant in s}
             setups[name, n] = s
             print(f"# {name}, {n} agents: matmul FLOPs per step (forward+backward, mean of 2 steps): "
                   f"ours {s['flops'] / 1e6:.1f} M, plain loop {s['plain_flops'] / 1e6:.1f} M")
@@ -549,19 +561,26 @@ def main(argv=None) -> None:
           "undisturbed measurement in any round, the median of disturbed ones (not to be trusted)")
     for name in args.methods:
         print(f"\n## {name}\n")
-        print("| agents | ours steps/s | plain loop steps/s | ratio | ours GFLOP/s | peak GFLOP/s | fraction of peak "
-              "| ours bf16 steps/s | bf16 / plain |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| agents | ours steps/s | plain loop steps/s | ours / plain | matmul floor | floor / plain "
+              "| ours GFLOP/s | peak GFLOP/s | fraction of peak | ours bf16 steps/s | bf16 / plain | bf16 matmul floor |")
+        print("|---:|" + "---:|" * 11)
         for n in args.agents:
             s = setups[name, n]
-            (ours, ours_clean), (plain, plain_clean) = tp.median(s["results"]["ours"]), tp.median(s["results"]["plain"])
-            bf16, bf16_clean = tp.median(s["results"].get("bf16", []))
+            value = {variant: tp.median(values) for variant, values in s["results"].items()}
+            for variant in ("floor", "bf16_floor"):  # one replay = two steps
+                if variant in value and value[variant][0] is not None:
+                    value[variant] = (2 * value[variant][0], value[variant][1])
+            (ours, ours_clean), (plain, plain_clean) = value["ours"], value["plain"]
+            bf16, bf16_clean = value.get("bf16", (None, True))
+            floor, floor_clean = value["floor"]
             achieved = s["flops"] * ours / 1e9
             print(f"| {n} | {tp.fmt(ours, ours_clean)} | {tp.fmt(plain, plain_clean)} "
-                  f"| {tp.fmt(ours / plain, ours_clean and plain_clean, 2)} | {tp.fmt(achieved, ours_clean)} "
+                  f"| {tp.fmt(ours / plain, ours_clean and plain_clean, 2)} | {tp.fmt(floor, floor_clean)} "
+                  f"| {tp.fmt(floor / plain, floor_clean and plain_clean, 2)} | {tp.fmt(achieved, ours_clean)} "
                   f"| {tp.fmt(peak, peak_clean, 0)} | {achieved / peak:.1%}{'' if ours_clean and peak_clean else '*'} "
                   f"| {tp.fmt(bf16, bf16_clean)} "
-                  f"| {tp.fmt(bf16 / plain if bf16 else None, bf16_clean and plain_clean, 2)} |")
+                  f"| {tp.fmt(bf16 / plain if bf16 else None, bf16_clean and plain_clean, 2)} "
+                  f"| {tp.fmt(*value.get('bf16_floor', (None, True)))} |")
     if args.profile:
         for (name, n), s in setups.items():
             print(f"\n# {name}")

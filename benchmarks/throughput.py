@@ -15,6 +15,15 @@ dimension 1, state = the concatenated observations' size 17·n, MLPs 2x256, mixe
   At start-up, from the same initial weights and batch, its three losses and its clipped
   gradients are checked against ours to 1e-5 ("baseline matches ours"); the parameter
   difference after one full step (Adam, Polyak) is printed too.
+* **reference-style loop**: the plain loop with the rest of the published OMIGA code's habits
+  (``ReferenceStyleOMIGA``): target-network forwards recorded by autograd and detached
+  afterwards, the global state rebuilt from per-agent slices, a diagnostics dict every step.
+  Same losses and gradients (checked at start-up and in tests/benchmarks).
+* **matmul floor** (``benchmarks/matmul_floor.py``): our step's matrix products alone (recorded
+  with their shapes, strides and dtypes, forward and backward), replayed back to back with
+  nothing else. No implementation doing these products at this precision can beat it, so
+  ``floor / plain`` is the largest speed-up over the plain loop that the arithmetic allows.
+  ``bf16 matmul floor``: the same for the products of our bf16-autocast step.
 * **lightning** (``--lightning``): the same OMIGA through a real ``lightning.Trainer`` fit loop
   (manual optimisation, ``OfflineDataModule`` sampling from a small dataset written with
   ``write_dataset``), so this column includes batch sampling and the Trainer's per-step overhead;
@@ -47,6 +56,7 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -64,6 +74,9 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from lightning_marl.algorithms.omiga import OMIGA  # noqa: E402
 from lightning_marl.data import schema  # noqa: E402
 from lightning_marl.data.schema import TaskSpec  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from matmul_floor import MatmulReplay, record_matmuls  # noqa: E402
 
 OBS_DIM, ACTION_DIM, BATCH = 17, 1, 128
 
@@ -224,6 +237,64 @@ class PlainOMIGA:
         return policy_loss.item(), q_loss.item(), v_loss.item()
 
 
+class ReferenceStyleOMIGA(PlainOMIGA):
+    """The plain loop with the rest of the reference implementation's habits, same equations.
+
+    ``PlainOMIGA`` evaluates the target networks under ``torch.no_grad()``, which the published
+    OMIGA code does not do; this variant follows that code's structure instead (written here,
+    not copied): the target networks' forwards are recorded by autograd and detached
+    afterwards, the mixer rebuilds the global state from per-agent slices in a Python loop, the
+    max-z floor is a ``torch.where`` against a fresh tensor, and every step returns a dict of
+    diagnostics (means of the totals, of the mixing weights and of the first two agents' values).
+    Its losses and gradients equal PlainOMIGA's (checked in tests/benchmarks).
+    """
+
+    def compute_losses(self, o, s, a, r, mask, s_next, o_next):
+        n = self._num_agent
+        one_hot_agent_id = torch.eye(n).expand(o.shape[0], -1, -1)
+        o_with_id = torch.cat((o, one_hot_agent_id), dim=-1)
+        o_next_with_id = torch.cat((o_next, one_hot_agent_id), dim=-1)
+        s, s_next = s.reshape(s.shape[0], n, -1), s_next.reshape(s.shape[0], n, -1)
+
+        def mix(net, states):  # per-agent state slices concatenated back into the global state
+            return net(torch.cat([states[:, j, :] for j in range(n)], dim=-1))
+
+        w_s, b_s = mix(self._mix_network, s)
+        q_values = self._q_network(o_with_id, a)
+        q_total = (w_s * q_values).sum(dim=-2) + b_s
+        v_next_target_values = self._v_target_network(o_next_with_id)
+        w_next_target_s, b_next_target_s = mix(self._mix_target_network, s_next)
+        v_next_target_total = (w_next_target_s * v_next_target_values).sum(dim=-2) + b_next_target_s
+        expected_q_total = r + self._gamma * mask * v_next_target_total.detach()
+        q_loss = ((q_total - expected_q_total.detach()) ** 2).mean()
+
+        q_target_values = self._q_target_network(o_with_id, a)
+        w_target_s, _ = mix(self._mix_target_network, s)
+        v_values = self._v_network(o_with_id)
+        z = 1 / self._alpha * (w_target_s.detach() * q_target_values.detach() - w_target_s.detach() * v_values)
+        z = torch.clamp(z, min=-10.0, max=10.0)
+        exp_a = torch.exp(z).detach().squeeze(-1)
+        max_z = torch.max(z)
+        max_z = torch.where(max_z < -1.0, torch.tensor(-1.0), max_z).detach()
+        v_loss = (torch.exp(z - max_z) + torch.exp(-max_z) * w_target_s.detach() * v_values / self._alpha).mean()
+
+        log_probs = self._policy_network.get_log_density(o_with_id, a)
+        policy_loss = -(exp_a * log_probs).mean()
+        self.diagnostics = {
+            "q_loss": q_loss, "v_loss": v_loss, "policy_loss": policy_loss,
+            "expected_q_total": expected_q_total.mean(), "q_total": q_total.mean(), "b": b_s.mean(),
+            **{f"w{i + 1}": w_s[:, i, :].mean() for i in range(min(n, 2))},
+            **{f"q_values{i + 1}": q_values[:, i, :].mean() for i in range(min(n, 2))},
+            **{f"v_values{i + 1}": v_values[:, i, :].mean() for i in range(min(n, 2))},
+            **{f"q_target_values{i + 1}": q_target_values[:, i, :].mean() for i in range(min(n, 2))},
+        }
+        return policy_loss, q_loss, v_loss
+
+    def train_step(self, o, s, a, r, mask, s_next, o_next):
+        super().train_step(o, s, a, r, mask, s_next, o_next)
+        return self.diagnostics
+
+
 def plain_inputs(batch):
     """The tensors the plain loop takes, extracted once (its data loading is not timed)."""
     return (
@@ -303,11 +374,12 @@ def parameter_pairs(module: OMIGA, plain: PlainOMIGA) -> list[tuple[str, torch.T
     return pairs
 
 
-def build_plain(module: OMIGA) -> PlainOMIGA:
-    """A plain loop with the same hyper-parameters and the same initial weights as ``module``."""
+def build_plain(module: OMIGA, loop: type = PlainOMIGA) -> PlainOMIGA:
+    """A plain loop (``PlainOMIGA`` or ``ReferenceStyleOMIGA``) with the same hyper-parameters
+    and the same initial weights as ``module``."""
     c, n = module.config, module.spec.n_agents
     assert list(c.hidden) == [c.hidden[0]] * 2, "the plain loop is written for two equal hidden layers"
-    plain = PlainOMIGA(OBS_DIM, module.spec.mixer_state_dim, ACTION_DIM, n, hidden=c.hidden[0],
+    plain = loop(OBS_DIM, module.spec.mixer_state_dim, ACTION_DIM, n, hidden=c.hidden[0],
                        mix_hidden=c.mixer_hidden, lr=c.lr, alpha=c.alpha, gamma=c.gamma, tau=c.tau,
                        grad_norm_clip=c.grad_clip)
     with torch.no_grad():
@@ -316,7 +388,7 @@ def build_plain(module: OMIGA) -> PlainOMIGA:
     return plain
 
 
-def check_equivalence(n: int, tol: float = 1e-5) -> tuple[bool, str]:
+def check_equivalence(n: int, tol: float = 1e-5, loop: type = PlainOMIGA) -> tuple[bool, str]:
     """Same initial weights and batch: the same three losses and the same clipped gradients.
 
     Parameters after one full step (Adam, Polyak) are reported too, not judged: Adam's first
@@ -324,7 +396,7 @@ def check_equivalence(n: int, tol: float = 1e-5) -> tuple[bool, str]:
     """
     torch.manual_seed(1234)
     module = build_ours(n)
-    plain = build_plain(module)
+    plain = build_plain(module, loop)
     batch = random_transitions(n, BATCH, torch.Generator().manual_seed(99))
     inputs = plain_inputs(batch)
     with torch.no_grad():
@@ -528,31 +600,39 @@ def main(argv=None) -> None:
           f"{args.seconds:g} s per measurement, medians of {args.rounds} or more undisturbed rounds")
 
     for n in args.agents:
-        ok, detail = check_equivalence(n)
-        print(f"# {n} agents: baseline matches ours: {'yes' if ok else 'no'} ({detail})")
+        for loop in (PlainOMIGA, ReferenceStyleOMIGA):
+            ok, detail = check_equivalence(n, loop=loop)
+            print(f"# {n} agents: {loop.__name__} matches ours: {'yes' if ok else 'no'} ({detail})")
 
     torch.manual_seed(0)
     setups = {}
     tmp = tempfile.TemporaryDirectory() if args.lightning else None
     for n in args.agents:
         module = build_ours(n)
-        plain = build_plain(module)
+        plain, reference = build_plain(module), build_plain(module, ReferenceStyleOMIGA)
         generator = torch.Generator().manual_seed(n)
         pool = [random_transitions(n, BATCH, generator) for _ in range(64)]
         plain_pool = [plain_inputs(b) for b in pool]
         ours_step, plain_step = module.train_step, (lambda x, p=plain: p.train_step(*x))
-        steps_per_second(ours_step, pool, args.warmup)
-        steps_per_second(plain_step, plain_pool, args.warmup)
+        reference_step = (lambda x, p=reference: p.train_step(*x))
+        for step, items in ((ours_step, pool), (plain_step, plain_pool), (reference_step, plain_pool)):
+            steps_per_second(step, items, args.warmup)
         flops, plain_flops = count_flops(ours_step, pool[0]), count_flops(plain_step, plain_pool[0])
+        floor = MatmulReplay(record_matmuls(ours_step, pool[1]))
         runner = LightningRunner(n, tmp.name) if args.lightning else None
         if runner is not None:
             runner.run(seconds=0.5)  # warm-up fit
-        setups[n] = dict(ours=(ours_step, pool), plain=(plain_step, plain_pool), flops=flops,
-                         plain_flops=plain_flops, runner=runner, results={"ours": [], "plain": [], "lightning": []})
+        setups[n] = dict(ours=(ours_step, pool), plain=(plain_step, plain_pool),
+                         reference=(reference_step, plain_pool), floor=(lambda _, f=floor: f.run_once(), [None]),
+                         flops=flops, plain_flops=plain_flops, runner=runner,
+                         results={"ours": [], "plain": [], "reference": [], "floor": [], "lightning": []})
         if args.bf16:
-            setups[n]["bf16"] = (bf16_step(module), pool)
-            setups[n]["results"]["bf16"] = []
-            steps_per_second(setups[n]["bf16"][0], pool, args.warmup)
+            bf16 = bf16_step(module)
+            bf16_floor = MatmulReplay(record_matmuls(bf16, pool[2]))
+            setups[n]["bf16"] = (bf16, pool)
+            setups[n]["bf16_floor"] = (lambda _, f=bf16_floor: f.run_once(), [None])
+            setups[n]["results"].update(bf16=[], bf16_floor=[])
+            steps_per_second(bf16, pool, args.warmup)
         print(f"# {n} agents: matmul FLOPs per step (forward+backward): ours {flops / 1e6:.1f} M, "
               f"plain loop {plain_flops / 1e6:.1f} M")
 
@@ -562,7 +642,7 @@ def main(argv=None) -> None:
 
     def enough() -> bool:
         cells = [peaks] + [values for s in setups.values() for name, values in s["results"].items()
-                           if (name != "lightning" or s["runner"] is not None) and (name != "bf16" or "bf16" in s)]
+                           if name != "lightning" or s["runner"] is not None]
         return all(sum(ok for _, ok in values) >= args.rounds for values in cells)
 
     r = 0
@@ -570,7 +650,7 @@ def main(argv=None) -> None:
         load.wait_quiet()
         peaks.append(load.measure(lambda: matmul_gflops(min(args.seconds, 1.5))))
         for n, s in setups.items():
-            order = ["ours", "plain"] + (["bf16"] if "bf16" in s else [])
+            order = ["ours", "plain", "reference", "floor"] + (["bf16", "bf16_floor"] if "bf16" in s else [])
             order = order if r % 2 == 0 else order[::-1]
             for name in order:
                 step, items = s[name]
@@ -592,19 +672,26 @@ def main(argv=None) -> None:
     print("# * in a round line: disturbed even after the retries, left out of the medians; * in the table: no "
           "undisturbed measurement in any round, the median of disturbed ones (not to be trusted)")
     print()
-    print("| agents | ours steps/s | plain loop steps/s | ratio | ours GFLOP/s | peak GFLOP/s | fraction of peak "
-          "| lightning steps/s | ours bf16 steps/s | bf16 / plain |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| agents | ours steps/s | plain loop | ours / plain | reference-style loop | ours / reference "
+          "| matmul floor | floor / plain | ours GFLOP/s | peak GFLOP/s | fraction of peak | lightning steps/s "
+          "| ours bf16 | bf16 / plain | bf16 / reference | bf16 matmul floor |")
+    print("|---:|" + "---:|" * 15)
     for n, s in setups.items():
-        (ours, ours_clean), (plain, plain_clean) = median(s["results"]["ours"]), median(s["results"]["plain"])
-        light, light_clean = median(s["results"]["lightning"])
-        bf16, bf16_clean = median(s["results"].get("bf16", []))
+        value = {name: median(values) for name, values in s["results"].items()}
+
+        def ratio(a, b):
+            (x, x_clean), (y, y_clean) = value[a], value[b]
+            return fmt(x / y if x and y else None, x_clean and y_clean, 2)
+
+        ours, ours_clean = value["ours"]
+        peak_value = peak if peak else float("nan")
         achieved = s["flops"] * ours / 1e9
-        ratio = fmt(ours / plain, ours_clean and plain_clean, 2)
-        print(f"| {n} | {fmt(ours, ours_clean)} | {fmt(plain, plain_clean)} | {ratio} "
-              f"| {fmt(achieved, ours_clean)} | {fmt(peak, peak_clean, 0)} "
-              f"| {achieved / peak:.1%}{'' if ours_clean and peak_clean else '*'} | {fmt(light, light_clean)} "
-              f"| {fmt(bf16, bf16_clean)} | {fmt(bf16 / plain if bf16 else None, bf16_clean and plain_clean, 2)} |")
+        print(f"| {n} | {fmt(*value['ours'])} | {fmt(*value['plain'])} | {ratio('ours', 'plain')} "
+              f"| {fmt(*value['reference'])} | {ratio('ours', 'reference')} | {fmt(*value['floor'])} "
+              f"| {ratio('floor', 'plain')} | {fmt(achieved, ours_clean)} | {fmt(peak, peak_clean, 0)} "
+              f"| {achieved / peak_value:.1%}{'' if ours_clean and peak_clean else '*'} | {fmt(*value['lightning'])} "
+              f"| {fmt(*value.get('bf16', (None, True)))} | {ratio('bf16', 'plain') if 'bf16' in s else '—'} "
+              f"| {ratio('bf16', 'reference') if 'bf16' in s else '—'} | {fmt(*value.get('bf16_floor', (None, True)))} |")
     if args.profile:
         for n, s in setups.items():
             profile_step(n, *s["ours"])

@@ -1,0 +1,101 @@
+"""The matmul floor of a training step: its matrix products alone, replayed back to back.
+
+``record_matmuls(step, item)`` runs one step under a ``TorchDispatchMode`` and records every
+matrix product the step dispatches (forward and backward, with the shapes, strides and dtypes
+they ran with, so autocast's bfloat16 products are recorded as bfloat16). ``MatmulReplay``
+re-runs exactly those products on random tensors of the same layout, with nothing in between:
+no element-wise work, no autograd, no optimiser, no Python beyond one call per product.
+
+Its steps/s is an upper bound for ANY implementation that does the same matrix products at
+the same precision on these threads: ``floor steps/s / plain steps/s`` is the largest speed-up
+over a plain loop that removing all other overhead could buy. The throughput benchmarks print
+it beside the measured ratio, so a goal like "1.5x the plain loop" can be checked against what
+the arithmetic allows.
+
+Example:
+    >>> import torch
+    >>> net = torch.nn.Linear(8, 4)
+    >>> products = record_matmuls(lambda x: net(x).sum().backward(), torch.randn(16, 8))
+    >>> [name for name, _ in products]
+    ['aten.addmm.default', 'aten.mm.default']
+    >>> MatmulReplay(products).steps_per_second(0.05) > 0
+    True
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+MATMULS = {
+    torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+    torch.ops.aten.baddbmm.default, torch.ops.aten.mv.default, torch.ops.aten.addmv.default,
+}
+
+
+def _layout(value):
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), tuple(value.stride()), value.dtype)
+    return ("value", value)
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.products = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in MATMULS:
+            self.products.append((str(func), (func, [_layout(a) for a in args],
+                                              {k: _layout(v) for k, v in kwargs.items()})))
+        return func(*args, **kwargs)
+
+
+def record_matmuls(step, item) -> list:
+    """The matrix products of ``step(item)``: [(op name, (op, argument layouts, keyword layouts))]."""
+    recorder = _Recorder()
+    with recorder:
+        step(item)
+    return recorder.products
+
+
+def _materialise(layout):
+    if layout[0] == "value":
+        return layout[1]
+    _, shape, stride, dtype = layout
+    extent = 1 + sum((size - 1) * step for size, step in zip(shape, stride)) if all(shape) else 0
+    storage = torch.randn(max(extent, 1), dtype=torch.float32).to(dtype)
+    return storage.as_strided(shape, stride)
+
+
+class MatmulReplay:
+    """Replays recorded products on random tensors of the same shapes, strides and dtypes."""
+
+    def __init__(self, products: list):
+        self.calls = [(func, [_materialise(a) for a in args], {k: _materialise(v) for k, v in kwargs.items()})
+                      for _, (func, args, kwargs) in products]
+
+    def flops(self) -> int:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            self.run_once()
+        return counter.get_total_flops()
+
+    def run_once(self) -> None:
+        for func, args, kwargs in self.calls:
+            func(*args, **kwargs)
+
+    def steps_per_second(self, seconds: float) -> float:
+        """Replays per second (one replay = one training step's products)."""
+        self.run_once()
+        count, start = 0, time.perf_counter()
+        while True:
+            self.run_once()
+            count += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                return count / elapsed

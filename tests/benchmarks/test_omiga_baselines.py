@@ -1,0 +1,61 @@
+"""The OMIGA baselines of benchmarks/throughput.py compute what ours computes, and the matmul
+floor replays exactly the step's matrix products.
+
+Same initial weights and batch -> the same losses and clipped gradients to 1e-5 for the plain
+loop and for the reference-style loop; a wrong loop is caught.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import throughput as tp  # noqa: E402
+from matmul_floor import MatmulReplay, record_matmuls  # noqa: E402
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("loop", [tp.PlainOMIGA, tp.ReferenceStyleOMIGA])
+def test_baseline_matches_ours(loop, n):
+    ok, detail = tp.check_equivalence(n, loop=loop)
+    assert ok, detail
+
+
+def test_a_wrong_baseline_is_caught(monkeypatch):
+    original = tp.ReferenceStyleOMIGA.compute_losses
+
+    def wrong_alpha(self, *inputs):
+        self._alpha = 5.0
+        return original(self, *inputs)
+
+    monkeypatch.setattr(tp.ReferenceStyleOMIGA, "compute_losses", wrong_alpha)
+    ok, detail = tp.check_equivalence(3, loop=tp.ReferenceStyleOMIGA)
+    assert not ok, detail
+
+
+def test_reference_style_step_returns_its_diagnostics():
+    torch.manual_seed(0)
+    module = tp.build_ours(3)
+    loop = tp.build_plain(module, tp.ReferenceStyleOMIGA)
+    batch = tp.random_transitions(3, tp.BATCH, torch.Generator().manual_seed(0))
+    diagnostics = loop.train_step(*tp.plain_inputs(batch))
+    assert {"q_loss", "v_loss", "policy_loss", "w1", "w2", "q_target_values2"} <= set(diagnostics)
+    assert all(torch.isfinite(value) for value in diagnostics.values())
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_matmul_floor_replays_the_steps_products(bf16):
+    torch.manual_seed(0)
+    module = tp.build_ours(3)
+    batches = [tp.random_transitions(3, tp.BATCH, torch.Generator().manual_seed(i)) for i in range(2)]
+    step = tp.bf16_step(module) if bf16 else module.train_step
+    step(batches[0])
+    products = record_matmuls(step, batches[1])
+    dtypes = {layout[3] for _, (_, args, _) in products for layout in args if layout[0] == "tensor"}
+    assert dtypes == {torch.bfloat16 if bf16 else torch.float32}
+    replay = MatmulReplay(products)
+    assert replay.flops() == tp.count_flops(module.train_step, batches[1])
+    assert len(replay.calls) == 47  # 25 addmm + 22 mm: forward of 5 networks and 2 mixers, backward of 4
