@@ -61,6 +61,7 @@ from lightning_marl.algorithms.qmix_cql import QMIXCQL  # noqa: E402
 from lightning_marl.data import schema  # noqa: E402
 from lightning_marl.data.datamodule import sample_seed  # noqa: E402
 from lightning_marl.data.schema import TaskSpec  # noqa: E402
+from lightning_marl.nets.ensemble import EnsembleMLP  # noqa: E402
 
 OBS_DIM, ACTION_DIM, N_ACTIONS, BATCH = tp.OBS_DIM, tp.ACTION_DIM, 9, tp.BATCH
 
@@ -341,9 +342,8 @@ def _iql_case(centralised: bool) -> Case:
 
     def pairs(m, p):
         v = m.v.net if centralised else m.v
-        return [("actor", m.actor, p.actor), ("q1", m.q.members[0], p.q1), ("q2", m.q.members[1], p.q2),
-                ("q1_target", m.q_target.members[0], p.q1_target), ("q2_target", m.q_target.members[1], p.q2_target),
-                ("v", v, p.v)]
+        return [("actor", m.actor, p.actor), ("q", m.q.net, [p.q1, p.q2]),
+                ("q_target", m.q_target.net, [p.q1_target, p.q2_target]), ("v", v, p.v)]
 
     return Case("iql_central" if centralised else "iql", build_ours, build_plain, tp.random_transitions,
                 lambda m, b: _core(b), ("policy", "q", "v"), pairs)
@@ -365,8 +365,7 @@ def _matd3bc_case(actor_every_step: bool) -> Case:
 
     def pairs(m, p):
         return [("actor", m.actor, p.actor), ("actor_target", m.actor_target, p.actor_target),
-                ("q1", m.q.members[0], p.q1), ("q2", m.q.members[1], p.q2),
-                ("q1_target", m.q_target.members[0], p.q1_target), ("q2_target", m.q_target.members[1], p.q2_target)]
+                ("q", m.q.net, [p.q1, p.q2]), ("q_target", m.q_target.net, [p.q1_target, p.q2_target])]
 
     name = "matd3bc_same_flops" if actor_every_step else "matd3bc"
     return Case(name, build_ours, build_plain, tp.random_transitions, plain_inputs, ("policy", "q"), pairs)
@@ -396,16 +395,32 @@ CASES = {case.name: case for case in (_iql_case(False), _iql_case(True), _matd3b
                                           _qmix_cql_case())}
 
 
-def parameter_pairs(case: Case, module, plain) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, ours, plain's) for every parameter of ours, paired network by network in order."""
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def parameter_pairs(case: Case, module, plain) -> list[tuple[str, torch.Tensor, Callable, torch.Tensor]]:
+    """(name, ours, view, plain's) for every parameter of ours, paired network by network in order:
+    ``view(ours)`` (and ``view(ours.grad)``) is what corresponds to plain's tensor. Our stacked twin
+    critics (an ``EnsembleMLP`` paired with a list of plain networks) pair member k's slice of each
+    stacked layer, transposed ([in, out] against ``nn.Linear``'s [out, in]), with plain network k."""
     pairs = []
     for name, ours, theirs in case.network_pairs(module, plain):
+        if isinstance(ours, EnsembleMLP):
+            for k, member in enumerate(theirs):
+                linears = [layer for layer in member.modules() if isinstance(layer, nn.Linear)]
+                assert len(linears) == len(ours.layers), f"{case.name}.{name}{k + 1}: layer counts differ"
+                for i, (layer, linear) in enumerate(zip(ours.layers, linears)):
+                    pairs.append((f"{name}{k + 1}.layer{i}.weight", layer.weight, lambda t, k=k: t[k].t(), linear.weight))
+                    pairs.append((f"{name}{k + 1}.layer{i}.bias", layer.bias, lambda t, k=k: t[k, 0], linear.bias))
+            continue
         mine, their = list(ours.parameters()), list(theirs.parameters())
         assert len(mine) == len(their), f"{case.name}.{name}: {len(mine)} vs {len(their)} parameters"
-        for i, (a, b) in enumerate(zip(mine, their)):
-            assert a.shape == b.shape, f"{case.name}.{name}[{i}]: {tuple(a.shape)} vs {tuple(b.shape)}"
-            pairs.append((f"{name}[{i}]", a, b))
-    assert len(pairs) == len(list(module.parameters())), "every parameter of ours must be paired"
+        pairs.extend((f"{name}[{i}]", a, _same, b) for i, (a, b) in enumerate(zip(mine, their)))
+    for name, ours, view, theirs in pairs:
+        assert view(ours).shape == theirs.shape, f"{case.name}.{name}: {tuple(view(ours).shape)} vs {tuple(theirs.shape)}"
+    covered = {id(ours) for _, ours, _, _ in pairs}
+    assert covered == {id(p) for p in module.parameters()}, "every parameter of ours must be paired"
     return pairs
 
 
@@ -416,8 +431,8 @@ def build(case: Case, n: int, pool: list[TensorDict] | None = None):
         module.fit_observation_normaliser(torch.cat(pool))
     plain = case.build_plain(module)
     with torch.no_grad():
-        for _, ours, theirs in parameter_pairs(case, module, plain):
-            theirs.copy_(ours)
+        for _, ours, view, theirs in parameter_pairs(case, module, plain):
+            theirs.copy_(view(ours))
     return module, plain
 
 
@@ -449,12 +464,12 @@ def check_equivalence(case: Case, n: int, tol: float = 1e-5, perturb: Callable |
     _sync_randomness(module, plain, iteration)
     plain.train_step(*inputs)
     grad_diff = param_diff = 0.0
-    for name, ours, their in parameter_pairs(case, module, plain):
-        param_diff = max(param_diff, (ours - their).abs().max().item())
+    for name, ours, view, their in parameter_pairs(case, module, plain):
+        param_diff = max(param_diff, (view(ours) - their).abs().max().item())
         if ours.grad is not None:
             if their.grad is None:
                 return False, f"{name} has a gradient in ours, none in the plain loop"
-            grad_diff = max(grad_diff, (ours.grad - their.grad).abs().max().item())
+            grad_diff = max(grad_diff, (view(ours.grad) - their.grad).abs().max().item())
     ok = loss_diff <= tol and grad_diff <= tol
     return ok, (f"losses differ by {loss_diff:.1e} (relative), clipped gradients by {grad_diff:.1e}; "
                 f"parameters after one step (targets included) by {param_diff:.1e}")

@@ -9,7 +9,6 @@ import torch
 from lightning_marl.algorithms.base import CONTINUOUS, OfflineMARLModule
 from lightning_marl.config import AlgorithmConfig
 from lightning_marl.data import schema
-from lightning_marl.nets import call_with_frozen_params
 from lightning_marl.nets.critics import AgentQ
 from lightning_marl.nets.deterministic import DeterministicActor
 from lightning_marl.registry import register
@@ -92,7 +91,7 @@ class MATD3BC(OfflineMARLModule):
 
     def policy_q(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Q_1(o_i, a_i) [.., N] with the critic's weights frozen (the gradient reaches the action)."""
-        return call_with_frozen_params(self.q, observation, action, members=1)[0]
+        return self.q(observation, action, members=1, frozen=True)[0]
 
     def actor_loss(self, batch, observation, intermediates: dict) -> torch.Tensor:
         pi = self.actor(observation)

@@ -12,7 +12,7 @@ from lightning_marl.algorithms.base import CONTINUOUS, OfflineMARLModule
 from lightning_marl.config import AlgorithmConfig
 from lightning_marl.data import schema
 from lightning_marl.errors import ConfigError, TrainingError
-from lightning_marl.nets import DeterministicActor, call_with_frozen_params
+from lightning_marl.nets import DeterministicActor
 from lightning_marl.nets.critics import central_critics, expectile_loss
 from lightning_marl.registry import register
 
@@ -145,7 +145,7 @@ class OMSD(OfflineMARLModule):
 
     def policy_q(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
         """min of the twin Q(s, a) [B, 1], the critic's weights frozen (the gradient reaches the action)."""
-        return call_with_frozen_params(self.q, state, joint_action).min(0).values
+        return self.q(state, joint_action, frozen=True).min(0).values
 
     def surrogate_loss(self, batch, state: torch.Tensor, action: torch.Tensor, joint_action: torch.Tensor,
                        agent: int | None = None) -> torch.Tensor:

@@ -71,11 +71,7 @@ def _losses(policy, critic, target, log_alpha, batch, gamma, generator, target_e
         backup = batch["reward"] + gamma * (1 - batch["terminated"]) * (next_q - alpha * next_logp.sum(-1, keepdim=True))
     critic_loss = F.mse_loss(critic(batch["state"], batch["action"]), backup.expand(2, *backup.shape))
     action, logp = tanh_gaussian_rsample(policy.actor, batch["obs"], generator=generator)  # [B, N, A], [B, N]
-    for parameter in critic.parameters():
-        parameter.requires_grad_(False)
-    q = critic(batch["state"], action).min(0).values
-    for parameter in critic.parameters():
-        parameter.requires_grad_(True)
+    q = critic(batch["state"], action, frozen=True).min(0).values  # the actor's loss leaves the critic alone
     actor_loss = (alpha * logp.sum(-1, keepdim=True) - q).mean()
     alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
     return critic_loss + actor_loss + alpha_loss

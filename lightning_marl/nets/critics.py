@@ -1,7 +1,8 @@
 """Critics shared by methods: per-agent twin Q_i(o_i, a_i), centralised twin Q(s, a) and V(s).
 
-Twin critics are ``n_critics`` independent networks of the same shape, their outputs stacked on
-a new leading dimension (a loop over the two critics, never over agents). ``central_critics``
+Twin critics are ``n_critics`` independent networks of the same shape with stacked parameters
+(``EnsembleMLP``), evaluated in one batched matmul per layer; their outputs carry a leading
+critic dimension. ``central_critics``
 builds the centralised Q(s, a)/V(s) pair of IQL; the OMSD score-decomposition plugin reuses it
 (with ``expectile_loss``) for its pre-trained critic.
 """
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchrl.modules import MLP
 
-from lightning_marl.nets.agents import AgentMLP
+from lightning_marl.nets.ensemble import EnsembleMLP
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -32,7 +33,9 @@ class AgentQ(nn.Module):
 
     Continuous (``action_dim``): input [o_i, a_i], one output. Discrete (``n_actions``): input
     o_i, one output per action, gathered at a_i. ``forward(obs [..., N, O], action [..., N, A] or
-    indices [..., N]) -> [n_critics, ..., N]``; ``members=k`` evaluates only the first k critics.
+    indices [..., N]) -> [n_critics, ..., N]``; ``members=k`` evaluates only the first k critics,
+    ``frozen=True`` with detached weights (an actor's loss through Q reaches the action only).
+    The critics' parameters are stacked (``EnsembleMLP``): both run in one batched matmul per layer.
 
     Example:
         >>> q = AgentQ(obs_dim=3, n_agents=2, hidden=(8, 8), action_dim=2)
@@ -47,27 +50,33 @@ class AgentQ(nn.Module):
         super().__init__()
         if (action_dim > 0) == (n_actions > 0):
             raise ValueError("AgentQ needs exactly one of action_dim (continuous) or n_actions (discrete)")
-        self.discrete = n_actions > 0
+        self.discrete, self.n_agents = n_actions > 0, n_agents
         in_features, out_features = (obs_dim, n_actions) if self.discrete else (obs_dim + action_dim, 1)
-        self.members = nn.ModuleList(AgentMLP(in_features, out_features, n_agents, hidden) for _ in range(n_critics))
+        self.net = EnsembleMLP(n_critics, in_features + n_agents, out_features, hidden)
+        self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
 
-    def all_actions(self, observation: torch.Tensor, members: int | None = None) -> torch.Tensor:
+    def _with_ids(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.agent_ids.to(x.dtype).expand(*x.shape[:-1], self.n_agents)], dim=-1)
+
+    def all_actions(self, observation: torch.Tensor, members: int | None = None, frozen: bool = False) -> torch.Tensor:
         """Discrete only: Q_i(o_i, ·) for every action, [n_critics, ..., N, K]."""
-        return torch.stack([net(observation) for net in self.members[:members]])
+        return self.net(self._with_ids(observation), members, frozen)
 
-    def forward(self, observation: torch.Tensor, action: torch.Tensor, members: int | None = None) -> torch.Tensor:
+    def forward(self, observation: torch.Tensor, action: torch.Tensor, members: int | None = None,
+                frozen: bool = False) -> torch.Tensor:
         if self.discrete:
-            values = self.all_actions(observation, members)
+            values = self.all_actions(observation, members, frozen)
             index = action.unsqueeze(-1).expand(values.shape[0], *action.shape, 1)
             return values.gather(-1, index).squeeze(-1)
-        x = torch.cat([observation, action], dim=-1)
-        return torch.stack([net(x).squeeze(-1) for net in self.members[:members]])
+        x = self._with_ids(torch.cat([observation, action], dim=-1))
+        return self.net(x, members, frozen).squeeze(-1)
 
 
 class CentralQ(nn.Module):
     """Centralised twin critics Q(s, a) over a state and the joint action (one-hot when discrete).
 
-    ``forward(state [..., S], action [..., N, A] or indices [..., N]) -> [n_critics, ..., 1]``.
+    ``forward(state [..., S], action [..., N, A] or indices [..., N]) -> [n_critics, ..., 1]``;
+    ``members`` and ``frozen`` as for ``AgentQ``; parameters stacked (``EnsembleMLP``).
 
     Example:
         >>> q = CentralQ(state_dim=4, n_agents=2, hidden=(8, 8), action_dim=3)
@@ -82,10 +91,7 @@ class CentralQ(nn.Module):
             raise ValueError("CentralQ needs exactly one of action_dim (continuous) or n_actions (discrete)")
         self.n_actions = n_actions
         in_features = state_dim + n_agents * (n_actions or action_dim)
-        self.members = nn.ModuleList(
-            MLP(in_features=in_features, out_features=1, num_cells=list(hidden), activation_class=nn.ReLU)
-            for _ in range(n_critics)
-        )
+        self.net = EnsembleMLP(n_critics, in_features, 1, hidden)
 
     def joint_action(self, action: torch.Tensor) -> torch.Tensor:
         """The joint action as one vector [..., N·A] (discrete: concatenated one-hots)."""
@@ -93,9 +99,10 @@ class CentralQ(nn.Module):
             action = F.one_hot(action, self.n_actions).float()
         return action.flatten(-2)
 
-    def forward(self, state: torch.Tensor, action: torch.Tensor, members: int | None = None) -> torch.Tensor:
+    def forward(self, state: torch.Tensor, action: torch.Tensor, members: int | None = None,
+                frozen: bool = False) -> torch.Tensor:
         x = torch.cat([state, self.joint_action(action).to(state.dtype)], dim=-1)
-        return torch.stack([net(x) for net in self.members[:members]])
+        return self.net(x, members, frozen)
 
 
 class StateValue(nn.Module):

@@ -13,14 +13,13 @@ next state, reward and termination logits; everything agent-wise is a tensor dim
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchrl.modules import MLP
 
 from lightning_marl.nets.agents import AgentMLP
+from lightning_marl.nets.ensemble import EnsembleLinear
 
 
 class Standardiser(nn.Module):
@@ -182,25 +181,6 @@ class LocalToGlobalModel(nn.Module):
         if self.mask_head is not None and next_mask is not None:
             losses["mask"] = F.binary_cross_entropy_with_logits(out["mask_logits"], next_mask.float())
         return losses
-
-
-class EnsembleLinear(nn.Module):
-    """K independent linear layers in one batched matmul: x [K, B, in] -> [K, B, out].
-
-    Example:
-        >>> layer = EnsembleLinear(members=5, in_features=3, out_features=2)
-        >>> layer(torch.zeros(5, 7, 3)).shape
-        torch.Size([5, 7, 2])
-    """
-
-    def __init__(self, members: int, in_features: int, out_features: int):
-        super().__init__()
-        bound = 1.0 / math.sqrt(in_features)
-        self.weight = nn.Parameter(torch.empty(members, in_features, out_features).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(members, 1, out_features).uniform_(-bound, bound))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
 
 
 class GaussianEnsemble(nn.Module):

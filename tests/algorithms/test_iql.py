@@ -23,8 +23,11 @@ def _constant(linears, value):
 
 
 def _set_iql_constants(module, q1, q2, v):
-    for member, value in zip(module.q_target.members, (q1, q2)):
-        _constant(member.linears, value)
+    last = module.q_target.net.layers[-1]  # stacked twin critics: member k is slice k
+    with torch.no_grad():
+        for k, value in enumerate((q1, q2)):
+            last.weight[k].zero_()
+            last.bias[k].fill_(value)
     _constant(module.v.linears, v)
 
 

@@ -22,8 +22,8 @@ def module_and_batch(continuous_transitions):
 def test_lambda_is_alpha_over_mean_abs_q_per_agent(module_and_batch):
     module, batch = module_and_batch
     with torch.no_grad():  # Q_1 = -4 everywhere: lambda = 2.5 / 4, and -lambda·Q = +2.5
-        module.q.members[0].linears[-1].weight.zero_()
-        module.q.members[0].linears[-1].bias.fill_(-4.0)
+        module.q.net.layers[-1].weight[0].zero_()
+        module.q.net.layers[-1].bias[0].fill_(-4.0)
     intermediates = {}
     losses = module.losses(batch, intermediates)
     assert torch.allclose(intermediates["lam"], torch.full((2,), 2.5 / 4.0))

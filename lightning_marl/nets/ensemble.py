@@ -1,0 +1,78 @@
+"""Ensembles: K networks of the same shape with stacked parameters, run as batched matmuls.
+
+Twin critics and model ensembles evaluate every member in one ``baddbmm`` per layer instead of
+one small matmul per member per layer: fewer, larger kernels (measured on the project's CPUs:
+twin 2x256 critics' forward and backward 8 % faster in float32 and 10-25 % in bfloat16 than two
+separate MLPs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class EnsembleLinear(nn.Module):
+    """K independent linear layers in one batched matmul: x [K, B, in] -> [K, B, out].
+
+    Initialised like ``nn.Linear`` (uniform in ±1/sqrt(in_features)), member by member.
+
+    Example:
+        >>> layer = EnsembleLinear(members=5, in_features=3, out_features=2)
+        >>> layer(torch.zeros(5, 7, 3)).shape
+        torch.Size([5, 7, 2])
+    """
+
+    def __init__(self, members: int, in_features: int, out_features: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(members, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleMLP(nn.Module):
+    """K ReLU MLPs of the same shape with stacked parameters: ``x [..., in] -> [k, ..., out]``.
+
+    Every member sees the same input. ``members=k`` evaluates only the first k members;
+    ``frozen=True`` uses detached parameters, so a loss through the output reaches the input
+    (an actor's action) but not the weights.
+
+    Example:
+        >>> twins = EnsembleMLP(members=2, in_features=3, out_features=1, hidden=(8, 8))
+        >>> twins(torch.zeros(5, 4, 3)).shape, twins(torch.zeros(5, 3), members=1).shape
+        (torch.Size([2, 5, 4, 1]), torch.Size([1, 5, 1]))
+    """
+
+    def __init__(self, members: int, in_features: int, out_features: int, hidden=(256, 256)):
+        super().__init__()
+        self.members, self.in_features, self.out_features = members, in_features, out_features
+        sizes = [in_features, *hidden, out_features]
+        self.layers = nn.ModuleList(EnsembleLinear(members, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x: torch.Tensor, members: int | None = None, frozen: bool = False) -> torch.Tensor:
+        k = self.members if members is None else members
+        lead = x.shape[:-1]
+        h = x.reshape(1, -1, x.shape[-1]).expand(k, -1, -1)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            weight, bias = layer.weight, layer.bias
+            if k != self.members:
+                weight, bias = weight[:k], bias[:k]
+            if frozen:
+                weight, bias = weight.detach(), bias.detach()
+            h = torch.baddbmm(bias, h, weight)
+            if i < last:
+                h = h.relu_()  # in place: baddbmm's backward does not need its output
+        return h.view(k, *lead, self.out_features)
+
+    def load_member(self, k: int, linears: list[nn.Linear]) -> None:
+        """Copy the weights of a stack of ``nn.Linear`` layers into member ``k`` (tests, conversions)."""
+        with torch.no_grad():
+            for layer, linear in zip(self.layers, linears, strict=True):
+                layer.weight[k].copy_(linear.weight.t())
+                layer.bias[k, 0].copy_(linear.bias)
