@@ -496,17 +496,7 @@ def main(argv=None) -> None:
     parser.add_argument("--max-rounds", type=int, default=None, help="default: 2 x --rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-bf16", action="store_true", help="leave out the bfloat16-autocast column")
-    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per variant")
-    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of our steps")
-    parser.add_argument("--max-other-load", type=float, default=0.1,
-                        help="retry a measurement if other processes kept more than this many cores busy")
-    parser.add_argument("--retries", type=int, default=2, help="retries of a measurement disturbed by others")
-    parser.add_argument("--patience", type=float, default=300.0,
-                        help="seconds (whole run) to wait for a quiet machine before rounds and retries")
-    args = parser.parse_args(argv)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = tp.parse_measurement_arguments(parser, argv)
     threads = torch.get_num_threads()
     print(f"# IQL / MA-TD3+BC / QMIX-CQL throughput: torch {torch.__version__}, threads {threads} "
           f"(of {os.cpu_count()} CPUs), {datetime.datetime.now().isoformat(timespec='seconds')}")

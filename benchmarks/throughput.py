@@ -566,6 +566,22 @@ def fmt(value: float | None, clean: bool = True, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}" + ("" if clean else "*")
 
 
+def parse_measurement_arguments(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Adds the options every throughput benchmark shares (warm-up, profiling, the quiet-machine
+    checks), parses, and applies ``--threads`` (which the caller defines)."""
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per variant")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of our step")
+    parser.add_argument("--max-other-load", type=float, default=0.1,
+                        help="retry a measurement if other processes kept more than this many cores busy")
+    parser.add_argument("--retries", type=int, default=2, help="retries of a measurement disturbed by others")
+    parser.add_argument("--patience", type=float, default=300.0,
+                        help="seconds (whole run) to wait for a quiet machine before rounds and retries")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, nargs="+", default=[3, 6])
@@ -578,17 +594,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lightning", action="store_true", help="add a lightning.Trainer column")
     parser.add_argument("--bf16", action="store_true",
                         help="add a column: our step under bfloat16 autocast (trainer.precision=bf16-mixed)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per variant")
-    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of our step")
-    parser.add_argument("--max-other-load", type=float, default=0.1,
-                        help="retry a measurement if other processes kept more than this many cores busy")
-    parser.add_argument("--retries", type=int, default=2, help="retries of a measurement disturbed by others")
-    parser.add_argument("--patience", type=float, default=300.0,
-                        help="seconds (whole run) to wait for a quiet machine before rounds and retries")
-    args = parser.parse_args(argv)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_measurement_arguments(parser, argv)
     threads = torch.get_num_threads()
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
