@@ -62,6 +62,39 @@ def record_matmuls(step, item) -> list:
     return recorder.products
 
 
+VIEWS = {"aten.view.default", "aten.t.default", "aten.detach.default", "aten.expand.default",
+         "aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.default", "aten.transpose.int",
+         "aten.as_strided.default", "aten._unsafe_view.default", "aten.permute.default", "aten.alias.default",
+         "aten.slice.Tensor", "aten.select.int", "aten.split.Tensor", "aten.unbind.int", "aten.lift_fresh.default",
+         "aten._reshape_alias.default"}
+
+
+class _Counter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def count_operations(step, item) -> tuple[int, int]:
+    """(operations, of which compute) that ``step(item)`` dispatches. Compute operations are those
+    that are not views or detaches: on an accelerator, each one launches at least one kernel.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(8, 4)
+        >>> count_operations(lambda x: net(x).sum().backward(), torch.randn(16, 8))[1] > 0
+        True
+    """
+    counter = _Counter()
+    with counter:
+        step(item)
+    return len(counter.names), sum(name not in VIEWS for name in counter.names)
+
+
 def _materialise(layout):
     if layout[0] == "value":
         return layout[1]

@@ -76,7 +76,7 @@ from lightning_marl.data import schema  # noqa: E402
 from lightning_marl.data.schema import TaskSpec  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from matmul_floor import MatmulReplay, record_matmuls  # noqa: E402
+from matmul_floor import MatmulReplay, count_operations, record_matmuls  # noqa: E402
 
 OBS_DIM, ACTION_DIM, BATCH = 17, 1, 128
 
@@ -641,6 +641,11 @@ def main(argv=None) -> None:
             steps_per_second(bf16, pool, args.warmup)
         print(f"# {n} agents: matmul FLOPs per step (forward+backward): ours {flops / 1e6:.1f} M, "
               f"plain loop {plain_flops / 1e6:.1f} M")
+        counts = {name: count_operations(step, items[3]) for name, (step, items) in
+                  (("ours", (ours_step, pool)), ("plain loop", (plain_step, plain_pool)),
+                   ("reference-style loop", (reference_step, plain_pool)))}
+        print(f"# {n} agents: operations dispatched per step (of them, compute: a kernel launch each on an "
+              "accelerator): " + ", ".join(f"{name} {total} ({compute})" for name, (total, compute) in counts.items()))
 
     load = OtherLoad(args.max_other_load, args.retries, args.patience)
     max_rounds = args.max_rounds or 2 * args.rounds
