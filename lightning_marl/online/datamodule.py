@@ -5,7 +5,8 @@ The batch stream yields iteration numbers only. Right before training step k (Li
 prefetched), the DataModule collects ``frames_per_batch`` env steps with the current policy when
 k is a multiple of ``updates_per_collection``, then samples batch k: ``offline_ratio`` of its
 rows from the offline dataset, the rest from the online buffer, with generators seeded from
-(seed, rank, k). Under DDP every rank steps its own envs (seeded by rank) and keeps its own buffer.
+(seed, rank, k). Under DDP every rank steps its own envs (seeded by rank) and keeps its own buffer;
+checkpoints hold every rank's buffer, and a resumed run gives each rank its own back.
 """
 
 from __future__ import annotations
@@ -150,13 +151,34 @@ class OnlineDataModule(OfflineDataModule):
 
     # ---- checkpoint state (tensors and plain data only) -------------------------------------
     def state_dict(self) -> dict:
-        return {
+        """This rank's env-step counter and online buffer; under DDP, every rank's, gathered (all
+        ranks save a checkpoint at the same iteration) so that a resumed run gives each rank back
+        its own experience, not copies of rank 0's."""
+        own = {
             "env_steps": self.env_steps,
             "keys": [list(k) if isinstance(k, tuple) else k for k in (self.keys or [])],
             "buffer": self.online_buffer.state_dict(),
         }
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world == 1:
+            return own
+        import torch.distributed as dist
+
+        gathered = [None] * world
+        dist.all_gather_object(gathered, own)
+        return {"ranks": gathered}
 
     def load_state_dict(self, state: dict) -> None:
+        if "ranks" in state:
+            world = self.trainer.world_size if self.trainer is not None else 1
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            if len(state["ranks"]) != world:
+                raise ConfigError(
+                    f"the checkpoint holds the online buffers of {len(state['ranks'])} DDP processes, this run has "
+                    f"{world}: resume with the same trainer.devices x trainer.num_nodes, or start a new finetune "
+                    "run from its weights (init=<the checkpoint>), which begins with empty buffers"
+                )
+            state = state["ranks"][rank]
         self.env_steps = int(state["env_steps"])
         self.keys = [tuple(k) if isinstance(k, list) else k for k in state["keys"]] or None
         self.online_buffer.load_state_dict(state["buffer"])

@@ -44,3 +44,10 @@ def test_finetune_under_ddp_spawn(tmp_path, climbing_dataset):
         assert torch.equal(value, ranks[1]["state"][key]), f"ranks differ in {key}"
     # each rank explored with its own stream (seeded by rank): different experience
     assert not torch.equal(ranks[0]["actions"], ranks[1]["actions"])
+    # the last checkpoint holds both ranks' buffers, each as that rank had it
+    checkpoint = torch.load(tmp_path / "online" / "checkpoints" / "last.ckpt", weights_only=True)
+    saved = checkpoint["OnlineDataModule"]["ranks"]
+    assert len(saved) == 2
+    for rank, state in enumerate(saved):
+        assert state["env_steps"] == 160
+        assert torch.equal(state["buffer"]["data"]["agents.action"], ranks[rank]["actions"])

@@ -119,3 +119,36 @@ def test_fit_refuses_an_explore_plugin(tmp_path, climbing_dataset):
                              f"run_dir={tmp_path}", "plugins=[{name: epsilon_greedy}]", "progress=false"])
     with pytest.raises(PluginError, match="finetune"):
         fit(cfg)
+
+
+def test_each_ddp_rank_gets_its_own_online_buffer_back(tmp_path, climbing_dataset):
+    online = OmegaConf.create({"num_envs": 4, "frames_per_batch": 8, "updates_per_collection": 2,
+                               "buffer_size": 100, "offline_ratio": 0.5})
+    env = OmegaConf.create({"name": "matrix", "task": "climbing", "max_steps": None, "params": {}})
+    states = []
+    for joint_action in ([0, 1], [2, 2]):  # what rank 0 and rank 1 collected
+        dm = OnlineDataModule(climbing_dataset, 32, seed=0, env=env, online=online)
+        dm.setup("fit")
+        dm.collect(FixedPolicy(joint_action))
+        states.append(dm.state_dict())
+        dm.teardown()
+    torch.save({"ranks": states}, tmp_path / "state.pt")  # what a DDP checkpoint holds
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+
+    def resumed(world, rank):
+        dm = OnlineDataModule(climbing_dataset, 32, seed=0, env=env, online=online)
+        dm.setup("fit")
+        dm.trainer = SimpleNamespace(world_size=world, global_rank=rank, lightning_module=SimpleNamespace(env_steps=0))
+        return dm
+
+    for rank, joint_action in ((0, [0, 1]), (1, [2, 2])):
+        dm = resumed(2, rank)
+        dm.load_state_dict(saved)
+        actions = dm.online_buffer.contents().get(schema.ACTION)
+        assert len(dm.online_buffer) == 8 and (actions == torch.tensor(joint_action)).all()
+        assert dm.env_steps == 8 and dm.trainer.lightning_module.env_steps == 8
+        dm.teardown()
+    dm = resumed(3, 0)
+    with pytest.raises(ConfigError, match="online buffers of 2 DDP processes, this run has 3"):
+        dm.load_state_dict(saved)
+    dm.teardown()
