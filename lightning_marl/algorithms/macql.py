@@ -12,13 +12,15 @@ from torch import nn
 from lightning_marl.algorithms.base import CONTINUOUS, OfflineMARLModule
 from lightning_marl.config import AlgorithmConfig
 from lightning_marl.data import schema
-from lightning_marl.nets import AgentMLP, TanhGaussianActor, call_with_frozen_params
+from lightning_marl.nets import AgentQ, TanhGaussianActor
 from lightning_marl.nets.sampling import tanh_gaussian_rsample
 from lightning_marl.registry import register
 
 
 class TwinQ(nn.Module):
-    """Two per-agent critics Q_i(o_i, a_i) (shared weights, agent id): [..., N, O], [..., N, A] -> [..., N, 2].
+    """Two per-agent critics Q_i(o_i, a_i) (shared weights, agent id; stacked parameters, see
+    ``AgentQ``), twins on the LAST dimension: [..., N, O], [..., N, A] -> [..., N, 2]. The
+    observation is broadcast over extra leading action dimensions (sampled actions).
 
     Example:
         >>> TwinQ(obs_dim=3, action_dim=2, n_agents=2, hidden=(8, 8))(torch.zeros(5, 2, 3), torch.zeros(5, 2, 2)).shape
@@ -27,12 +29,11 @@ class TwinQ(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, n_agents: int, hidden=(256, 256)):
         super().__init__()
-        self.q1 = AgentMLP(obs_dim + action_dim, 1, n_agents, hidden)
-        self.q2 = AgentMLP(obs_dim + action_dim, 1, n_agents, hidden)
+        self.critics = AgentQ(obs_dim, n_agents, hidden, action_dim=action_dim)
 
-    def forward(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([observation.expand(*action.shape[:-1], observation.shape[-1]), action], dim=-1)
-        return torch.cat([self.q1(x), self.q2(x)], dim=-1)
+    def forward(self, observation: torch.Tensor, action: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        observation = observation.expand(*action.shape[:-1], observation.shape[-1])
+        return self.critics(observation, action, frozen=frozen).movedim(0, -1)
 
 
 class LogTemperature(nn.Module):
@@ -148,7 +149,7 @@ class MACQL(OfflineMARLModule):
         q_loss = td_loss + c.alpha * twin_sum(gap)
 
         new_action, log_pi = tanh_gaussian_rsample(self.actor, observation, generator=self.rng)
-        q_pi = call_with_frozen_params(self.q, observation, new_action).min(-1).values
+        q_pi = self.q(observation, new_action, frozen=True).min(-1).values
         losses = {"policy": (temperature.detach() * log_pi - q_pi).mean(), "q": q_loss}
         if c.learn_temperature:
             losses["temperature"] = -(self.log_temperature.value * (log_pi.detach() + self.target_entropy)).mean()

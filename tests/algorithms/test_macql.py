@@ -18,7 +18,7 @@ from lightning_marl.nets.sampling import tanh_gaussian_rsample
 class QuadraticTwin(nn.Module):
     """Known twin critics: Q1 = -|a - 0.3|^2, Q2 = -2 |a + 0.1|^2 (per agent, observation ignored)."""
 
-    def forward(self, observation, action):
+    def forward(self, observation, action, frozen=False):
         return torch.stack([-((action - 0.3) ** 2).sum(-1), -2 * ((action + 0.1) ** 2).sum(-1)], -1)
 
 
