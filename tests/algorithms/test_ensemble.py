@@ -23,9 +23,11 @@ def _separate_mlps(ensemble: EnsembleMLP) -> list[nn.Sequential]:
     return members
 
 
-def test_ensemble_equals_separate_networks_in_values_and_gradients():
+@pytest.mark.parametrize("loop", [False, True], ids=["batched", "member by member"])
+def test_ensemble_equals_separate_networks_in_values_and_gradients(loop):
     torch.manual_seed(0)
     ensemble = EnsembleMLP(members=3, in_features=5, out_features=2, hidden=(16, 8))
+    ensemble.loop_above_rows = 0 if loop else 10**9
     separate = _separate_mlps(ensemble)
     x = torch.randn(4, 6, 5)
     out = ensemble(x)
@@ -41,9 +43,11 @@ def test_ensemble_equals_separate_networks_in_values_and_gradients():
             assert torch.allclose(layer.bias.grad[k, 0], linear.bias.grad, atol=1e-5)
 
 
-def test_members_selects_the_first_critics_and_frozen_keeps_gradients_off_the_weights():
+@pytest.mark.parametrize("loop", [False, True], ids=["batched", "member by member"])
+def test_members_selects_the_first_critics_and_frozen_keeps_gradients_off_the_weights(loop):
     torch.manual_seed(0)
     q = AgentQ(obs_dim=3, n_agents=2, hidden=(8, 8), action_dim=2)
+    q.net.loop_above_rows = 0 if loop else 10**9
     observation, action = torch.randn(5, 2, 3), torch.rand(5, 2, 2, requires_grad=True)
     both = q(observation, action)
     assert torch.equal(q(observation, action, members=1), both[:1])
