@@ -41,27 +41,6 @@ def _layout(value):
     return ("value", value)
 
 
-class _Recorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.products = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in MATMULS:
-            self.products.append((str(func), (func, [_layout(a) for a in args],
-                                              {k: _layout(v) for k, v in kwargs.items()})))
-        return func(*args, **kwargs)
-
-
-def record_matmuls(step, item) -> list:
-    """The matrix products of ``step(item)``: [(op name, (op, argument layouts, keyword layouts))]."""
-    recorder = _Recorder()
-    with recorder:
-        step(item)
-    return recorder.products
-
-
 VIEWS = {"aten.view.default", "aten.t.default", "aten.detach.default", "aten.expand.default",
          "aten.unsqueeze.default", "aten.squeeze.dim", "aten.squeeze.default", "aten.transpose.int",
          "aten.as_strided.default", "aten._unsafe_view.default", "aten.permute.default", "aten.alias.default",
@@ -69,14 +48,32 @@ VIEWS = {"aten.view.default", "aten.t.default", "aten.detach.default", "aten.exp
          "aten._reshape_alias.default"}
 
 
-class _Counter(TorchDispatchMode):
+class _Recorder(TorchDispatchMode):
+    """Every operation's name, and the matrix products with their argument layouts."""
+
     def __init__(self):
         super().__init__()
-        self.names = []
+        self.names, self.products = [], []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
+        if func in MATMULS:
+            self.products.append((str(func), (func, [_layout(a) for a in args],
+                                              {k: _layout(v) for k, v in kwargs.items()})))
+        return func(*args, **kwargs)
+
+
+def _record(step, item) -> _Recorder:
+    recorder = _Recorder()
+    with recorder:
+        step(item)
+    return recorder
+
+
+def record_matmuls(step, item) -> list:
+    """The matrix products of ``step(item)``: [(op name, (op, argument layouts, keyword layouts))]."""
+    return _record(step, item).products
 
 
 def count_operations(step, item) -> tuple[int, int]:
@@ -89,10 +86,8 @@ def count_operations(step, item) -> tuple[int, int]:
         >>> count_operations(lambda x: net(x).sum().backward(), torch.randn(16, 8))[1] > 0
         True
     """
-    counter = _Counter()
-    with counter:
-        step(item)
-    return len(counter.names), sum(name not in VIEWS for name in counter.names)
+    names = _record(step, item).names
+    return len(names), sum(name not in VIEWS for name in names)
 
 
 def _materialise(layout):

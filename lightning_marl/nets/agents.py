@@ -7,6 +7,16 @@ from torch import nn
 from torchrl.modules import MLP
 
 
+def with_agent_ids(x: torch.Tensor, agent_ids: torch.Tensor) -> torch.Tensor:
+    """``x [..., N, F]`` with the one-hot agent ids ``agent_ids [N, N]`` appended: ``[..., N, F + N]``.
+
+    Example:
+        >>> with_agent_ids(torch.zeros(5, 2, 3), torch.eye(2)).shape
+        torch.Size([5, 2, 5])
+    """
+    return torch.cat([x, agent_ids.to(x.dtype).expand(*x.shape[:-1], agent_ids.shape[-1])], dim=-1)
+
+
 class AgentMLP(nn.Module):
     """An MLP shared by all agents, with a one-hot agent id appended to its input.
 
@@ -32,8 +42,7 @@ class AgentMLP(nn.Module):
         self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ids = self.agent_ids.to(x.dtype).expand(*x.shape[:-1], self.n_agents)
-        return self.net(torch.cat([x, ids], dim=-1))
+        return self.net(with_agent_ids(x, self.agent_ids))
 
     @property
     def linears(self) -> list[nn.Linear]:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchrl.modules import MLP
 
+from lightning_marl.nets.agents import with_agent_ids
 from lightning_marl.nets.ensemble import EnsembleMLP
 
 
@@ -50,17 +51,14 @@ class AgentQ(nn.Module):
         super().__init__()
         if (action_dim > 0) == (n_actions > 0):
             raise ValueError("AgentQ needs exactly one of action_dim (continuous) or n_actions (discrete)")
-        self.discrete, self.n_agents = n_actions > 0, n_agents
+        self.discrete = n_actions > 0
         in_features, out_features = (obs_dim, n_actions) if self.discrete else (obs_dim + action_dim, 1)
         self.net = EnsembleMLP(n_critics, in_features + n_agents, out_features, hidden)
         self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
 
-    def _with_ids(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, self.agent_ids.to(x.dtype).expand(*x.shape[:-1], self.n_agents)], dim=-1)
-
     def all_actions(self, observation: torch.Tensor, members: int | None = None, frozen: bool = False) -> torch.Tensor:
         """Discrete only: Q_i(o_i, ·) for every action, [n_critics, ..., N, K]."""
-        return self.net(self._with_ids(observation), members, frozen)
+        return self.net(with_agent_ids(observation, self.agent_ids), members, frozen)
 
     def forward(self, observation: torch.Tensor, action: torch.Tensor, members: int | None = None,
                 frozen: bool = False) -> torch.Tensor:
@@ -68,7 +66,7 @@ class AgentQ(nn.Module):
             values = self.all_actions(observation, members, frozen)
             index = action.unsqueeze(-1).expand(values.shape[0], *action.shape, 1)
             return values.gather(-1, index).squeeze(-1)
-        x = self._with_ids(torch.cat([observation, action], dim=-1))
+        x = with_agent_ids(torch.cat([observation, action], dim=-1), self.agent_ids)
         return self.net(x, members, frozen).squeeze(-1)
 
 

@@ -2,7 +2,7 @@
 
 Twin critics and model ensembles evaluate every member in one ``baddbmm`` per layer instead of
 one small matmul per member per layer: fewer, larger kernels (measured on the project's CPUs with
-one thread: twin 2x256 critics' forward and backward 8 % faster in float32 and 10-25 % in bfloat16 than two
+one thread: twin 2x256 critics' forward and backward 8-9 % faster in float32 and 9-25 % in bfloat16 than two
 separate MLPs).
 """
 
