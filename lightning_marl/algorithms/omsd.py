@@ -212,16 +212,12 @@ class OMSD(OfflineMARLModule):
                 f"non-finite loss {', '.join(groups)} at iteration {self.iteration}. "
                 "Lower the learning rate or check the dataset for extreme values (dataset verify)."
             )
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
+        self.zero_grad_groups(groups)
         if self._trainer is not None:
             self.manual_backward(loss)
         else:
             loss.backward()
-        for name, optimizer in zip(groups, optimizers):
-            stats[f"grad_norm/{name}"] = torch.nn.utils.clip_grad_norm_(
-                self.group_parameters[name], self.config.grad_clip, foreach=True)
-            optimizer.step()
+        stats.update(self.clip_and_step(groups, optimizers, groups))
         stats.update({f"loss/{name}": value.detach() for name, value in losses.items()})
 
     # ---- critic pre-training ------------------------------------------------------------------

@@ -1,0 +1,143 @@
+"""Adam and per-group gradient clipping with the least work per training step.
+
+A training step clips each parameter group's gradients to its own norm and steps one Adam per
+group. Done the usual way (``clip_grad_norm_`` per group, then ``Adam.step``) that is six or
+more operations and a full pass over the gradients per group, plus Adam's per-parameter Python
+bookkeeping. Here the norms of every group come from one ``_foreach_norm`` over all gradients,
+and each group's clipping coefficient rides into Adam's fused kernel as its ``grad_scale``, which
+divides the gradients inside the same pass that updates the parameters (and leaves the clipped
+gradients in ``.grad``, as ``clip_grad_norm_`` would).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def fused_kernel_available(params) -> bool:
+    """Whether Adam's fused kernel runs for ``params`` (floating point, on CPU or CUDA)."""
+    params = list(params)
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+
+
+class ClippedAdam(torch.optim.Adam):
+    """``torch.optim.Adam`` (same state and state_dict) whose step, with the fused kernel, is two
+    calls per parameter group and applies a pending clipping coefficient inside the kernel.
+
+    Set ``grad_scale`` (a 0-d tensor, ``1 / clip coefficient``; ``clip_group_gradients`` returns
+    it) before ``step()``: the kernel divides the gradients by it. Anything the fast path does not
+    cover (no fused kernel, missing gradients, a first step, AMSGrad, a tensor learning rate)
+    falls back to ``Adam.step`` after scaling the gradients explicitly, so results do not depend
+    on which path ran.
+
+    Example:
+        >>> layer = torch.nn.Linear(3, 1)
+        >>> optimizer = ClippedAdam(layer.parameters(), lr=0.1)
+        >>> layer(torch.ones(2, 3)).sum().backward()
+        >>> norms, scales = clip_group_gradients([list(layer.parameters())], max_norm=1.0)
+        >>> optimizer.grad_scale = scales[0]
+        >>> optimizer.step()
+        >>> round(float(torch.cat([p.grad.flatten() for p in layer.parameters()]).norm()), 4)
+        1.0
+    """
+
+    def __init__(self, params, lr: float = 1e-3, **kwargs):
+        params = list(params)
+        fused = fused_kernel_available(p["params"] if isinstance(p, dict) else p for p in params)
+        kwargs.setdefault("fused", True if fused else None)
+        kwargs.setdefault("foreach", None if fused else True)
+        super().__init__(params, lr=lr, **kwargs)
+        self.grad_scale: Tensor | None = None
+        self._state_lists: list | None = None
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        self._state_lists = None
+
+    def add_param_group(self, param_group) -> None:
+        super().add_param_group(param_group)
+        self._state_lists = None
+
+    def _fast_lists(self):
+        """Per group: (group, params, exp_avgs, exp_avg_sqs, steps), once every state exists."""
+        if self._state_lists is None:
+            lists = []
+            for group in self.param_groups:
+                params = group["params"]
+                if not (group["fused"] and not group["amsgrad"] and not group["differentiable"]
+                        and not group["decoupled_weight_decay"] and not isinstance(group["lr"], Tensor)
+                        and all(len(self.state.get(p, ())) > 0 for p in params)):
+                    return None
+                states = [self.state[p] for p in params]
+                lists.append((group, params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                              [s["step"] for s in states]))
+            self._state_lists = lists
+        return self._state_lists
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        scale, self.grad_scale = self.grad_scale, None
+        lists = self._fast_lists()
+        grads = [[p.grad for p in group["params"]] for group in self.param_groups]
+        if lists is None or any(g is None or g.is_sparse for group in grads for g in group):
+            if scale is not None:
+                present = [g for group in grads for g in group if g is not None]
+                if present:
+                    torch._foreach_div_(present, scale)
+            super().step()
+            self._state_lists = None  # the first step created the states
+            return loss
+        for (group, params, exp_avgs, exp_avg_sqs, steps), group_grads in zip(lists, grads):
+            beta1, beta2 = group["betas"]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(
+                params, group_grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+                beta1=float(beta1), beta2=float(beta2), weight_decay=group["weight_decay"], eps=group["eps"],
+                maximize=group["maximize"], grad_scale=scale, found_inf=None,
+            )
+        return loss
+
+
+_LENGTHS: dict = {}
+
+
+def _lengths_tensor(lengths: list[int], device: torch.device) -> Tensor:
+    """``lengths`` as a tensor on ``device``, made once (no host-to-device copy per step)."""
+    key = (tuple(lengths), device)
+    if key not in _LENGTHS:
+        _LENGTHS[key] = torch.tensor(lengths, device=device)
+    return _LENGTHS[key]
+
+
+def clip_group_gradients(groups: list[list[Tensor]], max_norm: float) -> tuple[list[Tensor], list[Tensor]]:
+    """Each group's gradient norm and the divisor that clips it to ``max_norm``, from one pass.
+
+    Returns the norms (one 0-d tensor per group, before clipping, as ``clip_grad_norm_`` returns)
+    and the scales (one 0-d tensor per group): dividing a group's gradients by its scale equals
+    ``clip_grad_norm_(group, max_norm)`` (coefficient ``max_norm / (norm + 1e-6)``, at most 1).
+    Parameters without a gradient are skipped; nothing is modified here.
+
+    Example:
+        >>> a, b = torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)
+        >>> a.grad, b.grad = torch.tensor([3.0, 4.0]), torch.tensor([0.5])
+        >>> norms, scales = clip_group_gradients([[a], [b]], max_norm=1.0)
+        >>> [round(float(n), 3) for n in norms], [round(float(s), 3) for s in scales]
+        ([5.0, 0.5], [5.0, 1.0])
+    """
+    grads, lengths = [], []
+    for params in groups:
+        present = [p.grad for p in params if p.grad is not None]
+        grads.extend(present)
+        lengths.append(len(present))
+    if not grads:
+        return list(torch.zeros(len(groups)).unbind()), list(torch.ones(len(groups)).unbind())
+    per_parameter = torch.stack(torch._foreach_norm(grads))
+    squares = torch.segment_reduce(per_parameter.square(), "sum", lengths=_lengths_tensor(lengths, per_parameter.device))
+    norms = squares.sqrt()
+    scales = torch.clamp(max_norm / (norms + 1e-6), max=1.0).reciprocal()
+    return list(norms.unbind()), list(scales.unbind())
