@@ -9,6 +9,7 @@ from lightning_marl import registry
 from lightning_marl.algorithms.base import CONTINUOUS, DISCRETE
 from lightning_marl.collect.matrix import matrix_game_transitions
 from lightning_marl.errors import ConfigError, PluginError
+from lightning_marl.nets.optim import ClippedAdam
 
 CASES = [
     (entry.name, kind)
@@ -38,6 +39,8 @@ def test_method_trains_and_round_trips(name, kind, batches, tmp_path):
         stats = module.train_step(batch)
     assert module.iteration == 3
     assert all(torch.isfinite(v) for v in stats.values())
+    for optimizer in module._optimizers():  # after the first step Adam runs fused, clipping inside it
+        assert isinstance(optimizer, ClippedAdam) and optimizer._fast_lists() is not None
     for group in module.parameter_groups().values():
         changed = any(not torch.equal(p, before[n]) for net in group for n, p in _named(module, net))
         assert changed, "a parameter group did not move"
