@@ -25,19 +25,16 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from lightning_marl.collect.online_training import BehaviourPolicy
+from lightning_marl.collect.resumable import ResumableTraining
 from lightning_marl.data import schema
 from lightning_marl.data.schema import TaskSpec
-from lightning_marl.envs import rollout_returns
 from lightning_marl.errors import ConfigError
 from lightning_marl.nets import CentralQ, polyak_update, tanh_gaussian_rsample
-from lightning_marl.utils import atomic_torch_save, atomic_write_json
 
 INITIAL_ALPHA = 0.1
 
@@ -82,10 +79,6 @@ def train_masac(make_env_fn, spec: TaskSpec, cfg, out_dir, seed: int = 0, eval_s
     """Train MASAC behaviour policies; return the checkpoint index (as ``train_behaviour``)."""
     if spec.discrete:
         raise ConfigError("train.algorithm=masac needs continuous actions; use mappo or ippo for discrete tasks")
-    out_dir = Path(out_dir)
-    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    per_iteration = cfg.num_envs * cfg.rollout_steps
-    total = max(1, math.ceil(cfg.env_steps / per_iteration))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         policy = BehaviourPolicy(spec, list(cfg.hidden), centralised=True)
@@ -94,44 +87,14 @@ def train_masac(make_env_fn, spec: TaskSpec, cfg, out_dir, seed: int = 0, eval_s
     log_alpha = torch.tensor(math.log(INITIAL_ALPHA), requires_grad=True)
     optimiser = torch.optim.Adam([*policy.actor.parameters(), *critic.parameters(), log_alpha], lr=cfg.lr)
     generator = torch.Generator().manual_seed(seed)
-    state_file = out_dir / "state.pt"
-    iteration, index = 0, []
-    if state_file.exists():
-        state = torch.load(state_file, weights_only=True)
-        policy.load_state_dict(state["policy"])
-        critic.load_state_dict(state["critic"])
-        target.load_state_dict(state["target"])
-        optimiser.load_state_dict(state["optimiser"])
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"])
-        generator.set_state(state["generator"])
-        iteration, index = int(state["iteration"]), list(state["index"])
-    if iteration >= total and index:
-        return [entry for entry in index if entry["iteration"] <= total]
-    eval_env = make_env_fn(min(cfg.eval_episodes, 64), eval_seed)
-
-    def checkpoint() -> None:
-        result = rollout_returns(eval_env, policy.env_act(deterministic=True), cfg.eval_episodes, seed=eval_seed)
-        file = f"checkpoints/iteration_{iteration:06d}.pt"
-        atomic_torch_save({"policy": policy.state_dict(), "hidden": list(cfg.hidden), "centralised": True,
-                           "iteration": iteration}, out_dir / file)
-        index.append({"iteration": iteration, "env_steps": iteration * per_iteration,
-                      "eval_return": result["mean"], "file": file})
-        atomic_torch_save({"policy": policy.state_dict(), "critic": critic.state_dict(), "target": target.state_dict(),
-                           "optimiser": optimiser.state_dict(), "log_alpha": log_alpha.detach().clone(),
-                           "generator": generator.get_state(), "iteration": torch.tensor(iteration),
-                           "index": index}, state_file)
-        atomic_write_json(out_dir / "index.json", index)
-
-    if not index:
-        checkpoint()
+    training = ResumableTraining(out_dir, cfg, policy, generator, {
+        "policy": policy, "critic": critic, "target": target, "optimiser": optimiser, "log_alpha": log_alpha})
+    per_iteration = training.per_iteration
     low, high = torch.tensor(spec.action_low), torch.tensor(spec.action_high)
     replay = Replay(cfg.buffer_size)
-    env = make_env_fn(cfg.num_envs, seed + 1000 * iteration)
-    td = env.reset()
     target_entropy = -float(spec.action_dim)
-    bar = tqdm(total=total, initial=iteration, desc="training behaviour (MASAC)", disable=not progress)
-    while iteration < total:
+
+    def one_iteration(iteration, env, td):
         for _ in range(cfg.rollout_steps):
             obs = td[schema.OBS]
             with torch.no_grad():
@@ -155,12 +118,6 @@ def train_masac(make_env_fn, spec: TaskSpec, cfg, out_dir, seed: int = 0, eval_s
                 torch.nn.utils.clip_grad_norm_([*policy.actor.parameters(), *critic.parameters()], cfg.max_grad_norm)
                 optimiser.step()
                 polyak_update(list(target.parameters()), list(critic.parameters()), cfg.tau)
-        iteration += 1
-        bar.update(1)
-        if iteration % cfg.checkpoint_every == 0 or iteration == total:
-            checkpoint()
-            bar.set_postfix(eval_return=f"{index[-1]['eval_return']:.3g}")
-    bar.close()
-    env.close()
-    eval_env.close()
-    return index
+        return td
+
+    return training.run(make_env_fn, seed, eval_seed, one_iteration, "training behaviour (MASAC)", progress)

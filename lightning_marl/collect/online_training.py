@@ -19,17 +19,14 @@ Example:
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from lightning_marl.collect.resumable import ResumableTraining
 from lightning_marl.data import schema
 from lightning_marl.data.schema import TaskSpec
-from lightning_marl.envs import rollout_returns
 from lightning_marl.nets import AgentMLP, StateValue, stochastic_actor
-from lightning_marl.utils import atomic_torch_save, atomic_write_json
 
 
 def task_spec(spec: dict) -> TaskSpec:
@@ -224,54 +221,17 @@ def train_behaviour(make_env_fn, spec: TaskSpec, cfg, out_dir, seed: int = 0, ev
     index entry: ``{"iteration", "env_steps", "eval_return", "file"}`` (file relative to
     ``out_dir``). ``out_dir/state.pt`` holds what resuming needs (policy, optimiser, RNG, index).
     """
-    out_dir = Path(out_dir)
-    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    per_iteration = cfg.num_envs * cfg.rollout_steps
-    total = max(1, math.ceil(cfg.env_steps / per_iteration))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the initial weights depend on the seed only
         policy = BehaviourPolicy(spec, list(cfg.hidden), centralised=cfg.algorithm == "mappo")
     optimiser = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     generator = torch.Generator().manual_seed(seed)
-    state_file = out_dir / "state.pt"
-    iteration, index = 0, []
-    if state_file.exists():
-        state = torch.load(state_file, weights_only=True)
-        policy.load_state_dict(state["policy"])
-        optimiser.load_state_dict(state["optimiser"])
-        generator.set_state(state["generator"])
-        iteration, index = int(state["iteration"]), list(state["index"])
-    if iteration >= total and index:
-        return [entry for entry in index if entry["iteration"] <= total]  # a smaller budget: its own part
-    eval_env = make_env_fn(min(cfg.eval_episodes, 64), eval_seed)
+    training = ResumableTraining(out_dir, cfg, policy, generator, {"policy": policy, "optimiser": optimiser})
 
-    def checkpoint() -> None:
-        result = rollout_returns(eval_env, policy.env_act(deterministic=True), cfg.eval_episodes, seed=eval_seed)
-        file = f"checkpoints/iteration_{iteration:06d}.pt"
-        atomic_torch_save({"policy": policy.state_dict(), "hidden": list(cfg.hidden),
-                           "centralised": policy.centralised, "iteration": iteration}, out_dir / file)
-        index.append({"iteration": iteration, "env_steps": iteration * per_iteration,
-                      "eval_return": result["mean"], "file": file})
-        atomic_torch_save({"policy": policy.state_dict(), "optimiser": optimiser.state_dict(),
-                           "generator": generator.get_state(), "iteration": torch.tensor(iteration),
-                           "index": index}, state_file)
-        atomic_write_json(out_dir / "index.json", index)
-
-    if not index:
-        checkpoint()
-    env = make_env_fn(cfg.num_envs, seed + 1000 * iteration)
-    td = env.reset()
-    bar = tqdm(total=total, initial=iteration, desc="training behaviour (PPO)", disable=not progress)
-    while iteration < total:
+    def one_iteration(iteration, env, td):
         batch, td = _rollout(env, td, policy, cfg.rollout_steps, generator)
         advantages, returns = _advantages(policy, batch, cfg.gamma, cfg.gae_lambda)
         _update(policy, optimiser, batch, advantages, returns, cfg, generator)
-        iteration += 1
-        bar.update(1)
-        if iteration % cfg.checkpoint_every == 0 or iteration == total:
-            checkpoint()
-            bar.set_postfix(eval_return=f"{index[-1]['eval_return']:.3g}")
-    bar.close()
-    env.close()
-    eval_env.close()
-    return index
+        return td
+
+    return training.run(make_env_fn, seed, eval_seed, one_iteration, "training behaviour (PPO)", progress)

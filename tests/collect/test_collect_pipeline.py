@@ -120,6 +120,34 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, one_thread):
     assert second[:3] == first and [e["iteration"] for e in second] == [0, 2, 4, 6, 8]
 
 
+def test_masac_training_resumes_every_component_from_its_last_checkpoint(tmp_path, one_thread):
+    from lightning_marl.collect.config import TrainConfig
+    from lightning_marl.collect.masac import train_masac
+    from lightning_marl.collect.online_training import task_spec
+    from lightning_marl.envs import env_spec, make_env
+
+    def make(n, seed):
+        return make_env("matrix", "agree", num_envs=n, seed=seed, n_agents=2, continuous=True)
+
+    spec = task_spec(env_spec(make(1, 0)))
+
+    def config(env_steps):
+        return TrainConfig(algorithm="masac", env_steps=env_steps, num_envs=4, rollout_steps=2, warmup_steps=8,
+                           updates=2, batch_size=8, checkpoint_every=2, eval_episodes=2, hidden=[8])
+
+    first = train_masac(make, spec, config(32), tmp_path, progress=False)
+    assert [e["iteration"] for e in first] == [0, 2, 4]
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert int(saved["iteration"]) == 4 and saved["optimiser"]["state"], "the optimiser's moments are saved"
+    assert float(saved["log_alpha"]) != pytest.approx(-2.302585), "the temperature moved and is saved"
+    assert train_masac(make, spec, config(32), tmp_path, progress=False) == first  # finished: nothing retrained
+    second = train_masac(make, spec, config(64), tmp_path, progress=False)
+    assert second[:3] == first and [e["iteration"] for e in second] == [0, 2, 4, 6, 8]
+    resumed = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert int(resumed["iteration"]) == 8 and resumed["optimiser"]["state"][0]["step"] > saved["optimiser"]["state"][0]["step"]
+    assert any(not torch.equal(resumed["critic"][k], saved["critic"][k]) for k in saved["critic"])
+
+
 def test_select_qualities_works_with_negative_returns_and_says_when_no_policy_is_medium():
     ladder = [{"return": r} for r in (-100.0, -90.0, -40.0, -10.0, -20.0)]
     pick = select_qualities(ladder, {"random": -100.0, "expert": -10.0}, (30.0, 60.0))
