@@ -33,6 +33,20 @@ MATMULS = {
     torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
     torch.ops.aten.baddbmm.default, torch.ops.aten.mv.default, torch.ops.aten.addmv.default,
 }
+# oneDNN's linear (lightning_marl.nets.linear routes large float32 CPU products there).
+ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+if ONEDNN_LINEAR is not None:
+    MATMULS.add(ONEDNN_LINEAR.default)
+
+    from torch.utils.flop_counter import register_flop_formula
+
+    @register_flop_formula(ONEDNN_LINEAR)
+    def _onednn_linear_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+        """x [..., k] W^T with W [n, k]: 2·rows·k·n (the fused bias and activation not counted, as for addmm)."""
+        rows = 1
+        for size in input_shape[:-1]:
+            rows *= size
+        return 2 * rows * input_shape[-1] * weight_shape[0]
 
 
 def _layout(value):

@@ -537,27 +537,30 @@ def main(argv=None) -> None:
 
     load = tp.OtherLoad(args.max_other_load, args.retries, args.patience)
     max_rounds = args.max_rounds or 2 * args.rounds
-    peaks = []
+    peaks = {"mm": [], "onednn": []}
 
     def enough() -> bool:
-        cells = [peaks] + [values for s in setups.values() for values in s["results"].values()]
+        cells = [values for values in peaks.values() if values] + [
+            values for s in setups.values() for values in s["results"].values()]
         return all(sum(ok for _, ok in values) >= args.rounds for values in cells)
 
     r = 0
     while r < max_rounds and (r < args.rounds or not enough()):
         load.wait_quiet()
-        peaks.append(load.measure(lambda: tp.matmul_gflops(min(args.seconds, 1.5))))
+        tp.measure_peaks(load, args.seconds, peaks)
         for s in setups.values():
             order = list(s["results"]) if r % 2 == 0 else list(s["results"])[::-1]
             for variant in order:
                 step, items = s[variant]
                 s["results"][variant].append(load.measure(lambda: tp.steps_per_second(step, items, args.seconds)))
         r += 1
-        print(f"# round {r}: peak {tp.fmt(*peaks[-1], digits=0)} GFLOP/s; " + "; ".join(
+        print(f"# round {r}: peak {', '.join(f'{k} {tp.fmt(*v[-1], digits=0)}' for k, v in peaks.items() if v)} "
+              "GFLOP/s; " + "; ".join(
             f"{name} {n}: " + ", ".join(f"{v} {tp.fmt(*values[-1])}" for v, values in s["results"].items())
             for (name, n), s in setups.items()), flush=True)
 
-    peak, peak_clean = tp.median(peaks)
+    peak, peak_clean, peak_text = tp.machine_peak(peaks)
+    print(f"# float32 matmul peak (2048x2048, GFLOP/s, medians): {peak_text}; the fraction of peak is of the faster")
     print(f"# load average (1 min) at end {os.getloadavg()[0]:.2f} (this benchmark itself counts ~{threads}); "
           f"{load.discarded} measurement(s) retried because other processes used > {args.max_other_load:g} cores, "
           f"{args.patience - load.wait_left:.0f} s spent waiting for quiet"

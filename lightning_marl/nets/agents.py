@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchrl.modules import MLP
+
+from lightning_marl.nets.linear import ReLUMLP
 
 
 def with_agent_ids(x: torch.Tensor, agent_ids: torch.Tensor) -> torch.Tensor:
@@ -32,13 +33,7 @@ class AgentMLP(nn.Module):
                  activate_last_layer: bool = False):
         super().__init__()
         self.n_agents = n_agents
-        self.net = MLP(
-            in_features=in_features + n_agents,
-            out_features=out_features,
-            num_cells=list(hidden),
-            activation_class=nn.ReLU,
-            activate_last_layer=activate_last_layer,
-        )
+        self.net = ReLUMLP(in_features + n_agents, out_features, hidden, activate_last_layer=activate_last_layer)
         self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchrl.modules import MLP
 
 from lightning_marl.nets.agents import with_agent_ids
 from lightning_marl.nets.ensemble import EnsembleMLP
+from lightning_marl.nets.linear import ReLUMLP
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -113,7 +113,7 @@ class StateValue(nn.Module):
 
     def __init__(self, state_dim: int, hidden=(256, 256)):
         super().__init__()
-        self.net = MLP(in_features=state_dim, out_features=1, num_cells=list(hidden), activation_class=nn.ReLU)
+        self.net = ReLUMLP(state_dim, 1, hidden)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.net(state)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchrl.modules import MLP
 
+from lightning_marl.nets.linear import Linear
+
 SCHEDULES = ("vp", "linear", "cosine")
 
 
@@ -77,7 +79,7 @@ class ConditionalDiffusion(nn.Module):
         super().__init__()
         self.action_dim, self.n_agents, self.steps, self.time_dim = action_dim, n_agents, steps, time_dim
         self.net = MLP(in_features=action_dim + time_dim + condition_dim + n_agents, out_features=action_dim,
-                       num_cells=list(hidden), activation_class=nn.Mish)
+                       num_cells=list(hidden), activation_class=nn.Mish, layer_class=Linear)
         betas = noise_schedule(schedule, steps)
         self.register_buffer("alphas_bar", torch.cumprod(1.0 - betas, dim=0), persistent=False)
         self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lightning_marl.nets.linear import Linear
+
 
 @dataclass
 class RecurrentOptions:
@@ -64,7 +66,7 @@ class GRUAgent(nn.Module):
         super().__init__()
         self.n_agents = n_agents
         self.hidden_size = hidden
-        self.encoder = nn.Linear(in_features + n_agents, hidden)
+        self.encoder = Linear(in_features + n_agents, hidden)
         self.gru = nn.GRU(hidden, hidden, batch_first=True)
         self.head = nn.Linear(hidden, out_features)
         self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchrl.modules import MLP
 
 from lightning_marl.nets.agents import AgentMLP
 from lightning_marl.nets.ensemble import EnsembleLinear
+from lightning_marl.nets.linear import ReLUMLP
 
 
 class Standardiser(nn.Module):
@@ -53,9 +53,8 @@ class Standardiser(nn.Module):
         return x * self.std + self.mean
 
 
-def _mlp(in_features: int, out_features: int, hidden, activate_last_layer: bool = False) -> MLP:
-    return MLP(in_features=in_features, out_features=out_features, num_cells=list(hidden),
-               activation_class=nn.ReLU, activate_last_layer=activate_last_layer)
+def _mlp(in_features: int, out_features: int, hidden, activate_last_layer: bool = False) -> ReLUMLP:
+    return ReLUMLP(in_features, out_features, hidden, activate_last_layer=activate_last_layer)
 
 
 class DynamicsStatistics(nn.Module):

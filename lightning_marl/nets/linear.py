@@ -1,0 +1,160 @@
+"""Linear layers whose large float32 CPU products run in oneDNN instead of MKL.
+
+PyTorch computes a float32 matmul on the CPU with MKL's sgemm. On the project's AMD processors
+(full-width AVX-512) MKL takes a slower code path: a 2048x2048 product reaches about 210 GFLOP/s
+on 2 threads, while oneDNN, which PyTorch ships (it runs bfloat16 products, and inductor's
+fused linear layers), reaches about 450 on the same threads, and 400-420 on a 2x256 network's
+[384, 256] x [256, 256] products, forward and backward alike (``benchmarks/throughput.py``
+prints both peaks). Same float32 arithmetic, a different accumulation order (results agree to
+float32 rounding).
+
+``linear(x, weight, bias)`` is ``F.linear`` with that routing, differentiable: each of its three
+products (the output, and in the backward the input's and the weight's gradients) goes to
+oneDNN when it is large enough to gain, to MKL otherwise (oneDNN has a fixed cost of ~10 µs per
+call and is slower for products with a skinny output). bfloat16 autocast, accelerators,
+``torch.compile`` and ``LIGHTNING_MARL_ONEDNN=0`` take plain ``F.linear``. ``Linear`` is
+``nn.Linear`` (same parameters and state dict) calling it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchrl.modules import MLP
+
+_ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+
+
+@functools.cache
+def onednn_matmul_available() -> bool:
+    """Whether oneDNN's linear kernel runs here (and ``LIGHTNING_MARL_ONEDNN`` is not 0)."""
+    if os.environ.get("LIGHTNING_MARL_ONEDNN", "1") == "0" or _ONEDNN_LINEAR is None:
+        return False
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        out = _ONEDNN_LINEAR(torch.ones(2, 3), torch.ones(4, 3), None, "none", [], "")
+    except RuntimeError:
+        return False
+    return out.shape == (2, 4) and bool((out == 3).all())
+
+
+def gains_from_onednn(rows: int, inner: int, columns: int) -> bool:
+    """Whether the product [rows, inner] x [inner, columns] runs faster in oneDNN than in MKL.
+
+    Measured on the project's CPUs (2 threads): at least 2x faster for 2x256 layers at 384 rows;
+    about equal at 384 x 20 x 256; slower below ~1M multiply-adds and for outputs with fewer than
+    64 rows or columns (a network's last layer, the weight gradient of a first layer).
+    """
+    return rows >= 64 and columns >= 64 and inner >= 16 and rows * inner * columns >= 1 << 20
+
+
+def _product(a: torch.Tensor, b_transposed: torch.Tensor) -> torch.Tensor:
+    """a [m, k] @ b_transposed.T ([n, k]), in oneDNN where it gains."""
+    if gains_from_onednn(a.shape[0], a.shape[1], b_transposed.shape[0]):
+        return _ONEDNN_LINEAR(a, b_transposed, None, "none", [], "")
+    return a.mm(b_transposed.t())
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """relu?(x W^T + b) with oneDNN products; the ReLU is fused into the forward product."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, relu):
+        flat = x.reshape(-1, x.shape[-1])
+        if gains_from_onednn(flat.shape[0], weight.shape[1], weight.shape[0]):
+            out = _ONEDNN_LINEAR(flat, weight, bias, "relu" if relu else "none", [], "")
+        else:
+            out = F.linear(flat, weight, bias)
+            if relu:
+                out = out.relu_()
+        ctx.save_for_backward(flat, weight, out if relu else None)
+        ctx.has_bias, ctx.input_shape = bias is not None, x.shape
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        flat, weight, out = ctx.saved_tensors
+        grad = grad.reshape(-1, weight.shape[0])
+        if out is not None:
+            grad = torch.ops.aten.threshold_backward(grad, out, 0)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _product(grad, weight.t()).view(ctx.input_shape)
+        if ctx.needs_input_grad[1]:
+            grad_weight = _product(grad.t(), flat.t())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_weight, grad_bias, None
+
+
+def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``linear(x, weight)`` takes the oneDNN route (float32 CPU, no autocast, large enough)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or not onednn_matmul_available():
+        return False
+    rows, (columns, inner) = x.numel() // max(x.shape[-1], 1), weight.shape
+    return gains_from_onednn(rows, inner, columns) or gains_from_onednn(rows, columns, inner)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` (then a ReLU with ``relu=True``), its large float32 CPU
+    products in oneDNN, the ReLU fused into the product (see the module).
+
+    Example:
+        >>> x, w, b = torch.randn(384, 256), torch.randn(128, 256), torch.randn(128)
+        >>> torch.allclose(linear(x, w, b), F.linear(x, w, b), atol=1e-4)
+        True
+    """
+    if uses_onednn(x, weight):
+        return _OneDNNLinear.apply(x, weight, bias, relu)
+    out = F.linear(x, weight, bias)
+    return torch.relu(out) if relu else out
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, initialisation and state dict) whose large float32 CPU
+    products run in oneDNN: about 2x MKL's rate on the project's AMD CPUs. ``layer(x, relu=True)``
+    also applies a ReLU, fused into the product.
+
+    Example:
+        >>> layer = Linear(256, 64)
+        >>> x = torch.randn(128, 3, 256)
+        >>> torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5)
+        True
+    """
+
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, relu)
+
+
+class ReLUMLP(MLP):
+    """torchrl's ``MLP`` with ReLU activations (same layers, same state dict) whose forward runs
+    each Linear through ``linear``: large float32 CPU products in oneDNN, each hidden ReLU fused
+    into the product before it.
+
+    Example:
+        >>> net = ReLUMLP(in_features=4, out_features=2, num_cells=[8, 8])
+        >>> [type(m).__name__ for m in net]
+        ['Linear', 'ReLU', 'Linear', 'ReLU', 'Linear']
+        >>> net(torch.zeros(5, 4)).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(self, in_features: int, out_features: int, num_cells, activate_last_layer: bool = False):
+        super().__init__(in_features=in_features, out_features=out_features, num_cells=list(num_cells),
+                         activation_class=nn.ReLU, activate_last_layer=activate_last_layer, layer_class=Linear)
+        modules = list(self)
+        self._plan = tuple((i, i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU))
+                           for i, m in enumerate(modules) if isinstance(m, nn.Linear))
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        x = torch.cat(inputs, -1) if len(inputs) > 1 else inputs[0]
+        for index, relu in self._plan:
+            x = self[index](x, relu)  # a module call, so hooks on the layers still fire
+        return x

@@ -1,0 +1,120 @@
+"""nets.linear: float32 CPU products in oneDNN, equal to F.linear in values and gradients."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lightning_marl.nets.ensemble import EnsembleMLP
+from lightning_marl.nets.linear import Linear, ReLUMLP, linear, onednn_matmul_available, uses_onednn
+
+needs_onednn = pytest.mark.skipif(not onednn_matmul_available(), reason="oneDNN's linear kernel is not available")
+
+
+class OpNames(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((value.double() - reference).abs().max() / reference.abs().max())
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape, relu", [((128, 3, 256), False), ((128, 3, 256), True), ((384, 20), True)])
+def test_linear_matches_float64_in_values_and_every_gradient(shape, relu):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, requires_grad=True)
+    weight = torch.randn(256, shape[-1], requires_grad=True)
+    bias = torch.randn(256, requires_grad=True)
+    assert uses_onednn(x, weight)
+    with OpNames() as ops:
+        out = linear(x, weight, bias, relu=relu)
+    assert any("_linear_pointwise" in name for name in ops.names), "the product must run in oneDNN"
+    assert not any("relu" in name for name in ops.names), "the ReLU must be fused into the product"
+    grad = torch.randn_like(out)
+    out.backward(grad)
+
+    x64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x, weight, bias))
+    reference = F.linear(x64, w64, b64)
+    reference = reference.relu() if relu else reference
+    reference.backward(grad.double())
+    assert out.shape == reference.shape and out.dtype == torch.float32
+    assert relative_error(out, reference) < 1e-5
+    for mine, theirs in ((x.grad, x64.grad), (weight.grad, w64.grad), (bias.grad, b64.grad)):
+        assert relative_error(mine, theirs) < 1e-5
+
+
+def test_small_products_autocast_and_other_dtypes_take_f_linear():
+    small = torch.randn(8, 4), torch.randn(3, 4)
+    assert not uses_onednn(*small)
+    x, weight = torch.randn(384, 256), torch.randn(256, 256)
+    assert not uses_onednn(x.double(), weight.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not uses_onednn(x, weight)
+        assert linear(x, weight).dtype == torch.bfloat16  # autocast applies as to F.linear
+
+
+def test_the_environment_switch_turns_onednn_off():
+    code = ("import torch; from lightning_marl.nets.linear import uses_onednn; "
+            "print(uses_onednn(torch.randn(384, 256), torch.randn(256, 256)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**__import__("os").environ, "LIGHTNING_MARL_ONEDNN": "0"})
+    assert result.stdout.strip() == "False"
+
+
+def test_relu_mlp_keeps_torchrls_state_dict_and_computes_the_same():
+    from torchrl.modules import MLP
+
+    torch.manual_seed(0)
+    ours = ReLUMLP(20, 3, [256, 256])
+    theirs = MLP(in_features=20, out_features=3, num_cells=[256, 256], activation_class=nn.ReLU)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(128, 3, 20)
+    ours(x).pow(2).sum().backward()
+    theirs(x).pow(2).sum().backward()
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    last = ReLUMLP(20, 8, [16], activate_last_layer=True)
+    assert (last(torch.randn(5, 20)) >= 0).all()
+    assert isinstance(ours[0], Linear) and isinstance(copy.deepcopy(ours)[2], Linear)
+
+
+@needs_onednn
+def test_ensemble_members_through_onednn_equal_separate_networks():
+    torch.manual_seed(0)
+    ensemble = EnsembleMLP(members=2, in_features=21, out_features=1, hidden=(256, 256))
+    separate = [nn.Sequential(nn.Linear(21, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1))
+                for _ in range(2)]
+    for k, net in enumerate(separate):
+        with torch.no_grad():
+            for layer, stacked in zip([m for m in net if isinstance(m, nn.Linear)], ensemble.layers):
+                layer.weight.copy_(stacked.weight[k].t())
+                layer.bias.copy_(stacked.bias[k, 0])
+    x = torch.randn(384, 21, requires_grad=True)
+    assert ensemble._onednn(x)
+    out = ensemble(x)
+    expected = torch.stack([net(x) for net in separate])
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    expected.sum().backward()
+    for k, net in enumerate(separate):
+        linears = [m for m in net if isinstance(m, nn.Linear)]
+        for layer, stacked in zip(linears, ensemble.layers):
+            torch.testing.assert_close(stacked.weight.grad[k].t(), layer.weight.grad, rtol=1e-4, atol=1e-5)
+    ensemble.zero_grad(set_to_none=True)
+    action = x.detach().requires_grad_(True)
+    ensemble(action, frozen=True).sum().backward()  # an actor's loss: reaches the input, not the weights
+    assert action.grad is not None and all(p.grad is None for p in ensemble.parameters())
