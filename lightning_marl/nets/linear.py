@@ -60,18 +60,20 @@ def _product(a: torch.Tensor, b_transposed: torch.Tensor) -> torch.Tensor:
     return a.mm(b_transposed.t())
 
 
+def _forward(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    if gains_from_onednn(flat.shape[0], weight.shape[1], weight.shape[0]):
+        return _ONEDNN_LINEAR(flat, weight, bias, "relu" if relu else "none", [], "")
+    out = F.linear(flat, weight, bias)
+    return out.relu_() if relu else out
+
+
 class _OneDNNLinear(torch.autograd.Function):
     """relu?(x W^T + b) with oneDNN products; the ReLU is fused into the forward product."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, relu):
         flat = x.reshape(-1, x.shape[-1])
-        if gains_from_onednn(flat.shape[0], weight.shape[1], weight.shape[0]):
-            out = _ONEDNN_LINEAR(flat, weight, bias, "relu" if relu else "none", [], "")
-        else:
-            out = F.linear(flat, weight, bias)
-            if relu:
-                out = out.relu_()
+        out = _forward(flat, weight, bias, relu)
         ctx.save_for_backward(flat, weight, out if relu else None)
         ctx.has_bias, ctx.input_shape = bias is not None, x.shape
         return out.view(*x.shape[:-1], weight.shape[0])
@@ -112,7 +114,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         True
     """
     if uses_onednn(x, weight):
-        return _OneDNNLinear.apply(x, weight, bias, relu)
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad)):
+            return _OneDNNLinear.apply(x, weight, bias, relu)
+        # Nothing to differentiate (target networks, evaluation): no autograd.Function overhead.
+        return _forward(x.reshape(-1, x.shape[-1]), weight, bias, relu).view(*x.shape[:-1], weight.shape[0])
     out = F.linear(x, weight, bias)
     return torch.relu(out) if relu else out
 
