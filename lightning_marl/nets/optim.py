@@ -60,7 +60,11 @@ class ClippedAdam(torch.optim.Adam):
         self._state_lists = None
 
     def _fast_lists(self):
-        """Per group: (group, params, exp_avgs, exp_avg_sqs, steps), once every state exists."""
+        """Per group: (group, params, exp_avgs, exp_avg_sqs, steps, all steps), once every state exists.
+
+        The per-parameter step counters become views of one tensor per group, so that counting a
+        step is one ``add_`` instead of one per parameter (on the CPU ``_foreach_add_`` of a scalar
+        runs an ``add_`` and a scalar copy per tensor: ~80 µs per OMIGA step)."""
         if self._state_lists is None:
             lists = []
             for group in self.param_groups:
@@ -70,8 +74,11 @@ class ClippedAdam(torch.optim.Adam):
                         and all(len(self.state.get(p, ())) > 0 for p in params)):
                     return None
                 states = [self.state[p] for p in params]
+                all_steps = torch.stack([s["step"] for s in states])
+                for index, state in enumerate(states):
+                    state["step"] = all_steps[index]
                 lists.append((group, params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                              [s["step"] for s in states]))
+                              [s["step"] for s in states], all_steps))
             self._state_lists = lists
         return self._state_lists
 
@@ -92,9 +99,9 @@ class ClippedAdam(torch.optim.Adam):
             super().step()
             self._state_lists = None  # the first step created the states
             return loss
-        for (group, params, exp_avgs, exp_avg_sqs, steps), group_grads in zip(lists, grads):
+        for (group, params, exp_avgs, exp_avg_sqs, steps, all_steps), group_grads in zip(lists, grads):
             beta1, beta2 = group["betas"]
-            torch._foreach_add_(steps, 1)
+            all_steps.add_(1)
             torch._fused_adam_(
                 params, group_grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
                 beta1=float(beta1), beta2=float(beta2), weight_decay=group["weight_decay"], eps=group["eps"],
