@@ -12,7 +12,9 @@ float32 rounding).
 products (the output, and in the backward the input's and the weight's gradients) goes to
 oneDNN when it is large enough to gain, to MKL otherwise (oneDNN has a fixed cost of ~10 µs per
 call and is slower for products with a skinny output). bfloat16 autocast, accelerators,
-``torch.compile`` and ``LIGHTNING_MARL_ONEDNN=0`` take plain ``F.linear``. ``Linear`` is
+``torch.compile`` and ``LIGHTNING_MARL_ONEDNN=0`` take plain ``F.linear``, and so does a CPU where
+oneDNN is not at least 10 % faster on a typical layer (``onednn_is_faster_here``, timed once per
+process; ``LIGHTNING_MARL_ONEDNN=1`` skips the timing and always routes). ``Linear`` is
 ``nn.Linear`` (same parameters and state dict) calling it.
 """
 
@@ -20,10 +22,12 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import _disable_current_modes
 from torchrl.modules import MLP
 
 _ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
@@ -31,16 +35,50 @@ _ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise"
 
 @functools.cache
 def onednn_matmul_available() -> bool:
-    """Whether oneDNN's linear kernel runs here (and ``LIGHTNING_MARL_ONEDNN`` is not 0)."""
-    if os.environ.get("LIGHTNING_MARL_ONEDNN", "1") == "0" or _ONEDNN_LINEAR is None:
-        return False
-    if not torch.backends.mkldnn.is_available():
+    """Whether oneDNN's linear kernel exists and runs in this PyTorch build."""
+    if _ONEDNN_LINEAR is None or not torch.backends.mkldnn.is_available():
         return False
     try:
         out = _ONEDNN_LINEAR(torch.ones(2, 3), torch.ones(4, 3), None, "none", [], "")
     except RuntimeError:
         return False
     return out.shape == (2, 4) and bool((out == 3).all())
+
+
+def _best_time(product, calls: int = 10, rounds: int = 5) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            product()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@functools.cache
+def onednn_is_faster_here() -> bool:
+    """Whether oneDNN beats PyTorch's default float32 kernel by at least 10 % on this CPU, timed
+    once per process (~20 ms) on a typical hidden layer: [384, 256] x [256, 256].
+
+    On AMD processors with AVX-512 (the project's machines) oneDNN is about 2x faster; where MKL
+    takes its fast path (Intel processors) the two are close and PyTorch's default is kept."""
+    # Outside any dispatch mode (an operation counter, a FLOP counter) that the first call may be under.
+    with _disable_current_modes(), torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        x, weight = torch.randn(384, 256, generator=generator), torch.randn(256, 256, generator=generator)
+        _ONEDNN_LINEAR(x, weight, None, "none", [], "")  # the first call creates oneDNN's primitive
+        default = _best_time(lambda: torch.mm(x, weight.t()))
+        onednn = _best_time(lambda: _ONEDNN_LINEAR(x, weight, None, "none", [], ""))
+    return onednn < 0.9 * default
+
+
+def onednn_route_enabled() -> bool:
+    """``LIGHTNING_MARL_ONEDNN``: ``0`` off, ``1`` on (where the kernel exists), unset or ``auto``:
+    on where ``onednn_is_faster_here()``."""
+    setting = os.environ.get("LIGHTNING_MARL_ONEDNN", "auto")
+    if setting == "0" or not onednn_matmul_available():
+        return False
+    return setting == "1" or onednn_is_faster_here()
 
 
 def gains_from_onednn(rows: int, inner: int, columns: int) -> bool:
@@ -98,7 +136,7 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``linear(x, weight)`` takes the oneDNN route (float32 CPU, no autocast, large enough)."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
-    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or not onednn_matmul_available():
+    if torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling() or not onednn_route_enabled():
         return False
     rows, (columns, inner) = x.numel() // max(x.shape[-1], 1), weight.shape
     return gains_from_onednn(rows, inner, columns) or gains_from_onednn(rows, columns, inner)

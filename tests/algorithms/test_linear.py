@@ -11,9 +11,23 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_marl.nets.ensemble import EnsembleMLP
-from lightning_marl.nets.linear import Linear, ReLUMLP, linear, onednn_matmul_available, uses_onednn
+from lightning_marl.nets.linear import (
+    Linear,
+    ReLUMLP,
+    linear,
+    onednn_is_faster_here,
+    onednn_matmul_available,
+    onednn_route_enabled,
+    uses_onednn,
+)
 
 needs_onednn = pytest.mark.skipif(not onednn_matmul_available(), reason="oneDNN's linear kernel is not available")
+
+
+@pytest.fixture(autouse=True)
+def route_on(monkeypatch):
+    """The route on whatever this CPU's timing says, so that these tests test it everywhere."""
+    monkeypatch.setenv("LIGHTNING_MARL_ONEDNN", "1")
 
 
 class OpNames(TorchDispatchMode):
@@ -65,6 +79,18 @@ def test_small_products_autocast_and_other_dtypes_take_f_linear():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not uses_onednn(x, weight)
         assert linear(x, weight).dtype == torch.bfloat16  # autocast applies as to F.linear
+
+
+@needs_onednn
+def test_auto_follows_the_timing_which_runs_outside_dispatch_modes(monkeypatch):
+    monkeypatch.setenv("LIGHTNING_MARL_ONEDNN", "auto")
+    onednn_is_faster_here.cache_clear()
+    with OpNames() as ops:  # e.g. the benchmarks' operation counter around a first step
+        faster = onednn_is_faster_here()
+    assert ops.names == [], "the timing must not show up in a caller's dispatch mode"
+    assert onednn_route_enabled() == faster
+    monkeypatch.setenv("LIGHTNING_MARL_ONEDNN", "0")
+    assert not onednn_route_enabled() and not uses_onednn(torch.randn(384, 256), torch.randn(256, 256))
 
 
 def test_the_environment_switch_turns_onednn_off():
