@@ -180,7 +180,8 @@ class Linear(nn.Linear):
 class ReLUMLP(MLP):
     """torchrl's ``MLP`` with ReLU activations (same layers, same state dict) whose forward runs
     each Linear through ``linear``: large float32 CPU products in oneDNN, each hidden ReLU fused
-    into the product before it.
+    into the product before it. The ``nn.ReLU`` modules stay (printing, torchrl's layout) but are
+    not called: hooks on the Linear layers fire, hooks on the ReLU modules do not.
 
     Example:
         >>> net = ReLUMLP(in_features=4, out_features=2, num_cells=[8, 8])
