@@ -1,0 +1,31 @@
+"""benchmarks/linear_kernels.py compares the kernels on the products it names, correctly shaped."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import linear_kernels as lk  # noqa: E402
+
+from lightning_marl.nets.linear import onednn_matmul_available  # noqa: E402
+
+
+@pytest.mark.skipif(not onednn_matmul_available(), reason="oneDNN's linear kernel is not available")
+def test_both_kernels_compute_each_named_product():
+    for name, (m, k, n), mkl, onednn in lk.products(64, 32, 16):
+        expected, got = mkl(), onednn()
+        assert expected.shape == got.shape == (m, n), name
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not onednn_matmul_available(), reason="oneDNN's linear kernel is not available")
+def test_the_table_has_a_row_per_product_with_the_route(capsys):
+    rows = lk.main(["--rounds", "1", "--seconds", "0.001", "--layers", "2", "3"])
+    assert [row["product"] for row in rows] == [name for name, *_ in lk.products(1, 1, 1)] * 2
+    assert all(row["mkl_us"] > 0 and row["onednn_us"] > 0 for row in rows)
+    # A first layer's weight gradient has a 256 x 20 output and a last layer's forward one column: MKL.
+    assert rows[2]["route"] == "MKL" and rows[3]["route"] == "MKL"
+    assert "| first layer" in capsys.readouterr().out
