@@ -17,10 +17,14 @@ Run:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
-import time
+import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from matmul_floor import calls_per_second  # noqa: E402
 
 from lightning_marl.nets.linear import gains_from_onednn, onednn_matmul_available, onednn_route_enabled
 
@@ -52,17 +56,7 @@ def microseconds(call, rounds: int, seconds: float) -> float:
     """Median over rounds of the mean time of one call (each round runs for ``seconds``)."""
     for _ in range(3):
         call()
-    results = []
-    for _ in range(rounds):
-        count, start = 0, time.perf_counter()
-        while True:
-            call()
-            count += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds and count >= 3:
-                break
-        results.append(elapsed / count * 1e6)
-    return statistics.median(results)
+    return statistics.median(1e6 / calls_per_second(call, seconds, min_calls=3) for _ in range(rounds))
 
 
 def main(argv=None) -> list[dict]:

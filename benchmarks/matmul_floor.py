@@ -134,10 +134,15 @@ class MatmulReplay:
     def steps_per_second(self, seconds: float) -> float:
         """Replays per second (one replay = one training step's products)."""
         self.run_once()
-        count, start = 0, time.perf_counter()
-        while True:
-            self.run_once()
-            count += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                return count / elapsed
+        return calls_per_second(self.run_once, seconds)
+
+
+def calls_per_second(call, seconds: float, min_calls: int = 1) -> float:
+    """How many times per second ``call()`` runs, calling it for ``seconds`` (and ``min_calls`` times at least)."""
+    count, start = 0, time.perf_counter()
+    while True:
+        call()
+        count += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and count >= min_calls:
+            return count / elapsed

@@ -77,7 +77,7 @@ from lightning_marl.data.schema import TaskSpec  # noqa: E402
 from lightning_marl.nets.linear import onednn_matmul_available  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from matmul_floor import MatmulReplay, count_operations, record_matmuls  # noqa: E402
+from matmul_floor import MatmulReplay, calls_per_second, count_operations, record_matmuls  # noqa: E402
 
 OBS_DIM, ACTION_DIM, BATCH = 17, 1, 128
 
@@ -455,13 +455,7 @@ def matmul_gflops(seconds: float, size: int = 2048, kernel: str = "mm") -> float
             torch.mm(a, b, out=c)
     for _ in range(2):
         product()
-    count, start = 0, time.perf_counter()
-    while True:
-        product()
-        count += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and count >= 3:
-            return 2 * size**3 * count / elapsed / 1e9
+    return 2 * size**3 * calls_per_second(product, seconds, min_calls=3) / 1e9
 
 
 def measure_peaks(load, seconds: float, peaks: dict) -> None:
