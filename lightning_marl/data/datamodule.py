@@ -130,12 +130,14 @@ class EpisodeSlices:
         return torch.minimum(rows, end - 1), mask, is_init
 
     def sample(self, transitions, batch_size: int, generator: torch.Generator):
-        """A TensorDict [B, T] of slices of ``transitions`` with "mask" and "is_init"."""
+        """A TensorDict [B, T] of slices of ``transitions`` (a TensorDict, or its ``RowGather``)
+        with "mask" and "is_init"."""
         index, mask, is_init = self.sample_index(batch_size, generator)
         index = index.reshape(-1)
         if transitions.device is not None:
             index = index.to(transitions.device)
-        batch = transitions[index].reshape(batch_size, self.slice_len)
+        rows = transitions(index) if isinstance(transitions, RowGather) else transitions[index]
+        batch = rows.reshape(batch_size, self.slice_len)
         batch.set(schema.MASK, mask.to(batch.device))
         batch.set(schema.IS_INIT, is_init.to(batch.device))
         return batch
@@ -216,7 +218,7 @@ class OfflineDataModule(LightningDataModule):
         self._gather = RowGather(transitions)
         if self.slice_len:
             self.slices = EpisodeSlices(transitions, self.slice_len, storage_device)
-            self._slice_source = transitions
+            self._slice_source = self._gather
 
     def sample_for_rank(self, rank: int, iteration: int):
         """The batch rank ``rank`` draws at ``iteration`` (TensorDict [batch_size]): rows drawn

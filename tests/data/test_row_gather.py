@@ -20,3 +20,14 @@ def test_row_gather_equals_the_storages_indexing_on_memory_mapped_datasets(climb
         # The batch stream draws through it, reproducibly per (seed, rank, iteration).
         assert (datamodule.sample(3) == datamodule.sample(3)).all()
         assert not (datamodule.sample(3) == datamodule.sample(4)).all()
+
+
+def test_episode_slices_through_row_gather_equal_slices_of_the_tensordict(climbing_dataset):
+    from lightning_marl.data.datamodule import EpisodeSlices
+
+    transitions = load_dataset(climbing_dataset.path).transitions
+    slices = EpisodeSlices(transitions, slice_len=4)
+    direct = slices.sample(transitions, 8, torch.Generator().manual_seed(2))
+    gathered = slices.sample(RowGather(transitions), 8, torch.Generator().manual_seed(2))
+    assert gathered.batch_size == direct.batch_size == torch.Size([8, 4])
+    assert (gathered == direct).all()
