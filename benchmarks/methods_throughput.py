@@ -560,6 +560,7 @@ def main(argv=None) -> None:
             for (name, n), s in setups.items()), flush=True)
 
     peak, peak_clean, peak_text = tp.machine_peak(peaks)
+    mm_peak = tp.median(peaks["mm"])[0] or float("nan")
     print(f"# float32 matmul peak (2048x2048, GFLOP/s, medians): {peak_text}; the fraction of peak is of the faster")
     print(f"# load average (1 min) at end {os.getloadavg()[0]:.2f} (this benchmark itself counts ~{threads}); "
           f"{load.discarded} measurement(s) retried because other processes used > {args.max_other_load:g} cores, "
@@ -570,8 +571,9 @@ def main(argv=None) -> None:
     for name in args.methods:
         print(f"\n## {name}\n")
         print("| agents | ours steps/s | plain loop steps/s | ours / plain | matmul floor | floor / plain "
-              "| ours GFLOP/s | peak GFLOP/s | fraction of peak | ours bf16 steps/s | bf16 / plain | bf16 matmul floor |")
-        print("|---:|" + "---:|" * 11)
+              "| ours GFLOP/s | peak GFLOP/s | fraction of peak | of torch.mm's peak | floor's fraction of peak "
+              "| ours bf16 steps/s | bf16 / plain | bf16 matmul floor |")
+        print("|---:|" + "---:|" * 13)
         for n in args.agents:
             s = setups[name, n]
             value = {variant: tp.median(values) for variant, values in s["results"].items()}
@@ -586,6 +588,7 @@ def main(argv=None) -> None:
                   f"| {tp.fmt(ours / plain, ours_clean and plain_clean, 2)} | {tp.fmt(floor, floor_clean)} "
                   f"| {tp.fmt(floor / plain, floor_clean and plain_clean, 2)} | {tp.fmt(achieved, ours_clean)} "
                   f"| {tp.fmt(peak, peak_clean, 0)} | {achieved / peak:.1%}{'' if ours_clean and peak_clean else '*'} "
+                  f"| {achieved / mm_peak:.1%} | {s['flops'] * (floor or float('nan')) / 1e9 / peak:.1%} "
                   f"| {tp.fmt(bf16, bf16_clean)} "
                   f"| {tp.fmt(bf16 / plain if bf16 else None, bf16_clean and plain_clean, 2)} "
                   f"| {tp.fmt(*value.get('bf16_floor', (None, True)))} |")

@@ -699,6 +699,7 @@ def main(argv=None) -> None:
         tmp.cleanup()
 
     peak, peak_clean, peak_text = machine_peak(peaks)
+    mm_peak = median(peaks["mm"])[0] or float("nan")
     print(f"# float32 matmul peak (2048x2048, GFLOP/s, medians): {peak_text}; the fraction of peak is of the faster")
     print(f"# load average (1 min) at end {os.getloadavg()[0]:.2f} (this benchmark itself counts ~{threads}); "
           f"{load.discarded} measurement(s) retried because other processes used > {args.max_other_load:g} cores, "
@@ -708,9 +709,10 @@ def main(argv=None) -> None:
           "undisturbed measurement in any round, the median of disturbed ones (not to be trusted)")
     print()
     print("| agents | ours steps/s | plain loop | ours / plain | reference-style loop | ours / reference "
-          "| matmul floor | floor / plain | ours GFLOP/s | peak GFLOP/s | fraction of peak | lightning steps/s "
-          "| ours bf16 | bf16 / plain | bf16 / reference | bf16 matmul floor |")
-    print("|---:|" + "---:|" * 15)
+          "| matmul floor | floor / plain | ours GFLOP/s | peak GFLOP/s | fraction of peak | of torch.mm's peak "
+          "| floor's fraction of peak | lightning steps/s | ours bf16 | bf16 / plain | bf16 / reference "
+          "| bf16 matmul floor |")
+    print("|---:|" + "---:|" * 17)
     for n, s in setups.items():
         value = {name: median(values) for name, values in s["results"].items()}
 
@@ -724,7 +726,9 @@ def main(argv=None) -> None:
         print(f"| {n} | {fmt(*value['ours'])} | {fmt(*value['plain'])} | {ratio('ours', 'plain')} "
               f"| {fmt(*value['reference'])} | {ratio('ours', 'reference')} | {fmt(*value['floor'])} "
               f"| {ratio('floor', 'plain')} | {fmt(achieved, ours_clean)} | {fmt(peak, peak_clean, 0)} "
-              f"| {achieved / peak_value:.1%}{'' if ours_clean and peak_clean else '*'} | {fmt(*value['lightning'])} "
+              f"| {achieved / peak_value:.1%}{'' if ours_clean and peak_clean else '*'} "
+              f"| {achieved / mm_peak:.1%} | {s['flops'] * (value['floor'][0] or float('nan')) / 1e9 / peak_value:.1%} "
+              f"| {fmt(*value['lightning'])} "
               f"| {fmt(*value.get('bf16', (None, True)))} | {ratio('bf16', 'plain') if 'bf16' in s else '—'} "
               f"| {ratio('bf16', 'reference') if 'bf16' in s else '—'} | {fmt(*value.get('bf16_floor', (None, True)))} |")
     if args.profile:

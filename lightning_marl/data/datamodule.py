@@ -82,7 +82,7 @@ class EpisodeSlices:
         >>> index, mask, is_init = slices.sample_index(3, torch.Generator().manual_seed(0))
         >>> index.shape, bool((index[:, 1:] >= index[:, :-1]).all())
         (torch.Size([3, 4]), True)
-        >>> slices.sample(td, 3, torch.Generator().manual_seed(0)).batch_size
+        >>> slices.sample(RowGather(td), 3, torch.Generator().manual_seed(0)).batch_size
         torch.Size([3, 4])
     """
 
@@ -129,15 +129,13 @@ class EpisodeSlices:
         is_init = rows == self.starts[episode].unsqueeze(-1)
         return torch.minimum(rows, end - 1), mask, is_init
 
-    def sample(self, transitions, batch_size: int, generator: torch.Generator):
-        """A TensorDict [B, T] of slices of ``transitions`` (a TensorDict, or its ``RowGather``)
-        with "mask" and "is_init"."""
+    def sample(self, gather: RowGather, batch_size: int, generator: torch.Generator):
+        """A TensorDict [B, T] of slices of the transitions behind ``gather`` with "mask" and "is_init"."""
         index, mask, is_init = self.sample_index(batch_size, generator)
         index = index.reshape(-1)
-        if transitions.device is not None:
-            index = index.to(transitions.device)
-        rows = transitions(index) if isinstance(transitions, RowGather) else transitions[index]
-        batch = rows.reshape(batch_size, self.slice_len)
+        if gather.device is not None:
+            index = index.to(gather.device)
+        batch = gather(index).reshape(batch_size, self.slice_len)
         batch.set(schema.MASK, mask.to(batch.device))
         batch.set(schema.IS_INIT, is_init.to(batch.device))
         return batch
@@ -218,7 +216,6 @@ class OfflineDataModule(LightningDataModule):
         self._gather = RowGather(transitions)
         if self.slice_len:
             self.slices = EpisodeSlices(transitions, self.slice_len, storage_device)
-            self._slice_source = self._gather
 
     def sample_for_rank(self, rank: int, iteration: int):
         """The batch rank ``rank`` draws at ``iteration`` (TensorDict [batch_size]): rows drawn
@@ -227,7 +224,7 @@ class OfflineDataModule(LightningDataModule):
         generator = torch.Generator(device=self._storage_device)
         generator.manual_seed(sample_seed(self.seed, rank, iteration))
         if self.slices is not None:
-            return self.slices.sample(self._slice_source, self.batch_size, generator)
+            return self.slices.sample(self._gather, self.batch_size, generator)
         index = torch.randint(len(self.buffer), (self.batch_size,), generator=generator, device=self._storage_device)
         return self._gather(index)  # = self.buffer.storage.get(index), at less than half the cost
 

@@ -56,6 +56,7 @@ class EnsembleMLP(nn.Module):
         self.members, self.in_features, self.out_features = members, in_features, out_features
         sizes = [in_features, *hidden, out_features]
         self.layers = nn.ModuleList(EnsembleLinear(members, a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self._widest = max(range(len(self.layers)), key=lambda i: sizes[i] * sizes[i + 1])
 
     # Above this many input rows the members run one after the other: a batched product's
     # activations ([k, rows, hidden]) then outgrow the caches, and its skinny last layer (a few
@@ -77,8 +78,7 @@ class EnsembleMLP(nn.Module):
     def _onednn(self, flat: torch.Tensor) -> bool:
         """Whether a hidden layer's products go to oneDNN (``nets.linear``): then the members run one
         by one, each product about 2x a batched MKL matmul's rate on the project's CPUs."""
-        widest = max(self.layers, key=lambda layer: layer.weight.shape[1] * layer.weight.shape[2])
-        return uses_onednn(flat, widest.weight[0].t())
+        return uses_onednn(flat, self.layers[self._widest].weight[0].t())
 
     @staticmethod
     def _parameters_of(layer: EnsembleLinear, index, frozen: bool):

@@ -12,7 +12,7 @@ from torchrl.envs import EnvBase
 
 from lightning_marl import registry
 from lightning_marl.data import schema
-from lightning_marl.data.datamodule import EpisodeSlices, OfflineDataModule
+from lightning_marl.data.datamodule import EpisodeSlices, OfflineDataModule, RowGather
 from lightning_marl.data.dataset import Dataset
 from lightning_marl.data.schema import TaskSpec
 from lightning_marl.envs import rollout_returns
@@ -167,7 +167,7 @@ def test_slices_are_consecutive_steps_of_one_episode_with_the_right_mask():
     T = 4
     slices = EpisodeSlices(td, T)
     assert slices.n_episodes == len(lengths)
-    batch = slices.sample(td, 4000, torch.Generator().manual_seed(0))
+    batch = slices.sample(RowGather(td), 4000, torch.Generator().manual_seed(0))
     assert batch.batch_size == (4000, T)
     row, mask, is_init = batch["row"], batch[schema.MASK], batch[schema.IS_INIT]
     episode_of = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
