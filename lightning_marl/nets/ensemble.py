@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from lightning_marl.nets.linear import linear, uses_onednn
+from lightning_marl.nets.linear import linear, relu_mlp, uses_onednn
 
 
 class EnsembleLinear(nn.Module):
@@ -97,12 +97,19 @@ class EnsembleMLP(nn.Module):
         return h
 
     def _member(self, flat: torch.Tensor, j: int, frozen: bool) -> torch.Tensor:
+        parameters = [t for layer in self.layers for t in self._member_parameters(layer, j, frozen)]
+        if torch.is_grad_enabled() and self._onednn(flat) and (flat.requires_grad or not frozen):
+            return relu_mlp(flat, parameters)  # the member as one autograd node
         h = flat
         last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            weight, bias = self._parameters_of(layer, j, frozen)
-            h = linear(h, weight.t(), bias[0], relu=i < last)
+        for i, (weight, bias) in enumerate(zip(parameters[0::2], parameters[1::2])):
+            h = linear(h, weight, bias, relu=i < last)
         return h
+
+    def _member_parameters(self, layer: EnsembleLinear, j: int, frozen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Member ``j``'s weight as ``nn.Linear`` holds it, [out, in] (a view), and its bias [out]."""
+        weight, bias = self._parameters_of(layer, j, frozen)
+        return weight.t(), bias[0]
 
     def load_member(self, k: int, linears: list[nn.Linear]) -> None:
         """Copy the weights of a stack of ``nn.Linear`` layers into member ``k`` (tests, conversions)."""

@@ -146,3 +146,73 @@ def test_ensemble_members_through_onednn_equal_separate_networks():
     action = x.detach().requires_grad_(True)
     ensemble(action, frozen=True).sum().backward()  # an actor's loss: reaches the input, not the weights
     assert action.grad is not None and all(p.grad is None for p in ensemble.parameters())
+
+
+def _layer_by_layer(net: ReLUMLP, monkeypatch) -> None:
+    monkeypatch.setattr(net, "_fused", lambda x: False)
+
+
+@needs_onednn
+@pytest.mark.parametrize("relu_last", [False, True])
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_relu_mlp_as_one_node_equals_the_layers_in_values_and_gradients(relu_last, input_grad, monkeypatch):
+    torch.manual_seed(0)
+    fused = ReLUMLP(21, 4, [256, 256], activate_last_layer=relu_last)
+    layers = copy.deepcopy(fused)
+    _layer_by_layer(layers, monkeypatch)
+    x = torch.randn(128, 3, 21, requires_grad=input_grad)
+    x_layers = x.detach().clone().requires_grad_(input_grad)
+    out = fused(x)
+    assert type(out.grad_fn).__name__ == "_OneDNNMLPBackward", "one autograd node for the whole network"
+    expected = layers(x_layers)
+    assert type(expected.grad_fn).__name__ != "_OneDNNMLPBackward"
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    for a, b in zip(fused.parameters(), layers.parameters(), strict=True):
+        assert relative_error(a.grad, b.grad.double()) < 1e-5
+    if input_grad:
+        assert relative_error(x.grad, x_layers.grad.double()) < 1e-5
+
+
+@needs_onednn
+def test_relu_mlp_with_frozen_weights_reaches_the_input_only():
+    from lightning_marl.nets.functional import call_with_frozen_params
+
+    torch.manual_seed(0)
+    net = ReLUMLP(21, 1, [256, 256])
+    x = torch.randn(384, 21, requires_grad=True)
+    out = call_with_frozen_params(net, x)
+    assert type(out.grad_fn).__name__ == "_OneDNNMLPBackward"
+    out.sum().backward()
+    assert x.grad is not None and all(p.grad is None for p in net.parameters())
+    x64 = x.detach().double().requires_grad_(True)
+    h = x64
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    for i, layer in enumerate(linears):
+        h = F.linear(h, layer.weight.double(), layer.bias.double())
+        h = h.relu() if i < len(linears) - 1 else h
+    h.sum().backward()
+    assert relative_error(x.grad, x64.grad) < 1e-5
+
+
+@needs_onednn
+def test_a_hook_on_a_layer_runs_the_layers_one_by_one_and_fires():
+    net = ReLUMLP(21, 1, [256, 256])
+    seen = []
+    net[0].register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    out = net(torch.randn(384, 21, requires_grad=True))
+    assert seen == [torch.Size([384, 256])] and type(out.grad_fn).__name__ != "_OneDNNMLPBackward"
+
+
+@pytest.mark.parametrize("rows, inputs, outputs", [(384, 21, 256), (384, 8, 256), (128, 21, 256), (384, 256, 256),
+                                                   (384, 256, 1), (768, 40, 256)])
+def test_weight_gradient_in_either_orientation_matches_float64(rows, inputs, outputs):
+    from lightning_marl.nets.linear import _weight_gradient
+
+    torch.manual_seed(0)
+    grad, flat = torch.randn(rows, outputs), torch.randn(rows, inputs)
+    value = _weight_gradient(grad, flat)
+    assert value.shape == (outputs, inputs)
+    assert relative_error(value, grad.double().t() @ flat.double()) < 1e-5
