@@ -61,6 +61,7 @@ from lightning_marl.algorithms.qmix_cql import QMIXCQL  # noqa: E402
 from lightning_marl.data import schema  # noqa: E402
 from lightning_marl.data.datamodule import sample_seed  # noqa: E402
 from lightning_marl.data.schema import TaskSpec  # noqa: E402
+from lightning_marl.nets.actors import TanhGaussianActor  # noqa: E402
 from lightning_marl.nets.ensemble import EnsembleMLP  # noqa: E402
 
 OBS_DIM, ACTION_DIM, N_ACTIONS, BATCH = tp.OBS_DIM, tp.ACTION_DIM, 9, tp.BATCH
@@ -413,6 +414,15 @@ def parameter_pairs(case: Case, module, plain) -> list[tuple[str, torch.Tensor, 
                 for i, (layer, linear) in enumerate(zip(ours.layers, linears)):
                     pairs.append((f"{name}{k + 1}.layer{i}.weight", layer.weight, lambda t, k=k: t[k].t(), linear.weight))
                     pairs.append((f"{name}{k + 1}.layer{i}.bias", layer.bias, lambda t, k=k: t[k, 0], linear.bias))
+            continue
+        if isinstance(ours, TanhGaussianActor):  # one head layer: mean rows [:A], log-std rows [A:]
+            first, second, heads = ours.linears
+            a = ours.action_dim
+            for label, layer, linear, rows in (("fc1", first, theirs.fc1, slice(None)), ("fc2", second, theirs.fc2, slice(None)),
+                                               ("mu_head", heads, theirs.mu_head, slice(None, a)),
+                                               ("sigma_head", heads, theirs.sigma_head, slice(a, None))):
+                pairs.append((f"{name}.{label}.weight", layer.weight, lambda t, rows=rows: t[rows], linear.weight))
+                pairs.append((f"{name}.{label}.bias", layer.bias, lambda t, rows=rows: t[rows], linear.bias))
             continue
         mine, their = list(ours.parameters()), list(theirs.parameters())
         assert len(mine) == len(their), f"{case.name}.{name}: {len(mine)} vs {len(their)} parameters"

@@ -341,29 +341,31 @@ def _plain_q_layout(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat([obs, ids, action], 1)
 
 
-def _ours_q_layout(weight: torch.Tensor) -> torch.Tensor:
-    """The inverse of ``_plain_q_layout``."""
-    return torch.cat([weight[:, :OBS_DIM], weight[:, -ACTION_DIM:], weight[:, OBS_DIM:-ACTION_DIM]], 1)
-
-
-def parameter_pairs(module: OMIGA, plain: PlainOMIGA) -> list[tuple[str, torch.Tensor, torch.Tensor, bool]]:
-    """(name, ours, plain's, is Q's first-layer weight) for every online and target parameter."""
+def parameter_pairs(module: OMIGA, plain: PlainOMIGA) -> list[tuple[str, torch.Tensor, object, torch.Tensor]]:
+    """(name, ours, view, plain's) for every online and target parameter: ``view(ours)`` (and
+    ``view(ours.grad)``) is what corresponds to plain's tensor. Our actor computes its mean and
+    log-std heads as one layer (rows [:A] and [A:]); our Q's first layer orders its inputs [obs,
+    action, id], the plain loop's [obs, id, action]."""
     pairs = []
 
-    def linear(name, ours: nn.Linear, theirs: nn.Linear, q_first: bool = False):
-        pairs.append((f"{name}.weight", ours.weight, theirs.weight, q_first))
-        pairs.append((f"{name}.bias", ours.bias, theirs.bias, False))
+    def linear(name, ours: nn.Linear, theirs: nn.Linear, view=None, rows=None):
+        def part(t, view=view, rows=rows):
+            t = t if rows is None else t[rows]
+            return t if view is None else view(t)
+        pairs.append((f"{name}.weight", ours.weight, part, theirs.weight))
+        pairs.append((f"{name}.bias", ours.bias, (lambda t, rows=rows: t if rows is None else t[rows]), theirs.bias))
 
     a = plain._policy_network
-    linear("actor.fc1", module.actor.trunk.linears[0], a.fc1)
-    linear("actor.fc2", module.actor.trunk.linears[1], a.fc2)
-    linear("actor.mean", module.actor.mean, a.mu_head)
-    linear("actor.log_std", module.actor.log_std, a.sigma_head)
+    first, second, heads = module.actor.linears
+    linear("actor.fc1", first, a.fc1)
+    linear("actor.fc2", second, a.fc2)
+    linear("actor.mean", heads, a.mu_head, rows=slice(None, ACTION_DIM))
+    linear("actor.log_std", heads, a.sigma_head, rows=slice(ACTION_DIM, None))
     for name, ours, theirs, last in (("q", module.q, plain._q_network, "q_value"),
                                      ("q_target", module.q_target, plain._q_target_network, "q_value"),
                                      ("v", module.v, plain._v_network, "state_value"),
                                      ("v_target", module.v_target, plain._v_target_network, "state_value")):
-        linear(f"{name}.fc1", ours.linears[0], theirs.fc1, q_first=name.startswith("q"))
+        linear(f"{name}.fc1", ours.linears[0], theirs.fc1, view=_plain_q_layout if name.startswith("q") else None)
         linear(f"{name}.fc2", ours.linears[1], theirs.fc2)
         linear(f"{name}.{last}", ours.linears[2], getattr(theirs, last))
     for name, ours, theirs in (("mixer", module.mixer, plain._mix_network),
@@ -371,7 +373,10 @@ def parameter_pairs(module: OMIGA, plain: PlainOMIGA) -> list[tuple[str, torch.T
         linear(f"{name}.hidden", ours.hidden, theirs.f_v)
         linear(f"{name}.weights", ours.weights, theirs.w_v)
         linear(f"{name}.bias", ours.bias, theirs.b_v)
-    assert len(pairs) == len(list(module.parameters())), "every parameter of ours must be paired"
+    covered = {id(ours) for _, ours, _, _ in pairs}
+    assert covered == {id(p) for p in module.parameters()}, "every parameter of ours must be paired"
+    for name, ours, view, theirs in pairs:
+        assert view(ours).shape == theirs.shape, f"{name}: {tuple(view(ours).shape)} vs {tuple(theirs.shape)}"
     return pairs
 
 
@@ -384,8 +389,8 @@ def build_plain(module: OMIGA, loop: type = PlainOMIGA) -> PlainOMIGA:
                        mix_hidden=c.mixer_hidden, lr=c.lr, alpha=c.alpha, gamma=c.gamma, tau=c.tau,
                        grad_norm_clip=c.grad_clip)
     with torch.no_grad():
-        for _, ours, theirs, q_first in parameter_pairs(module, plain):
-            theirs.copy_(_plain_q_layout(ours) if q_first else ours)
+        for _, ours, view, theirs in parameter_pairs(module, plain):
+            theirs.copy_(view(ours))
     return plain
 
 
@@ -407,11 +412,10 @@ def check_equivalence(n: int, tol: float = 1e-5, loop: type = PlainOMIGA) -> tup
     module.train_step(batch)
     plain.train_step(*inputs)
     grad_diff = param_diff = 0.0
-    for _, ours, their, q_first in parameter_pairs(module, plain):
-        to_ours = _ours_q_layout if q_first else (lambda t: t)
-        param_diff = max(param_diff, (ours - to_ours(their)).abs().max().item())
+    for _, ours, view, their in parameter_pairs(module, plain):
+        param_diff = max(param_diff, (view(ours) - their).abs().max().item())
         if ours.grad is not None:
-            grad_diff = max(grad_diff, (ours.grad - to_ours(their.grad)).abs().max().item())
+            grad_diff = max(grad_diff, (view(ours.grad) - their.grad).abs().max().item())
     ok = loss_diff <= tol and grad_diff <= tol
     return ok, (f"losses differ by {loss_diff:.1e} (relative), clipped gradients by {grad_diff:.1e}; "
                 f"parameters after one step (targets included) by {param_diff:.1e}")

@@ -20,6 +20,9 @@ class TanhGaussianActor(nn.Module):
 
     Actions live in [-1, 1]. ``log_prob`` follows METHODS.md §1: the action is clamped to
     ±(1 − 1e-7) in float32 before atanh, the mean to [−9, 9], the log-std to [−5, 2].
+    One network computes both heads: its last layer's first ``action_dim`` outputs are the mean,
+    the rest the log-std (so the whole actor is one ``ReLUMLP``, one autograd node on the oneDNN
+    route). State dicts with separate ``mean``/``log_std`` heads (before 2026-11) still load.
 
     Example:
         >>> actor = TanhGaussianActor(obs_dim=3, action_dim=2, n_agents=2, hidden=(8, 8))
@@ -29,17 +32,23 @@ class TanhGaussianActor(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, n_agents: int, hidden=(256, 256)):
         super().__init__()
-        *trunk_hidden, width = hidden
-        self.trunk = AgentMLP(obs_dim, width, n_agents, trunk_hidden, activate_last_layer=True)
-        self.mean = nn.Linear(width, action_dim)
-        self.log_std = nn.Linear(width, action_dim)
+        self.action_dim = action_dim
+        self.net = AgentMLP(obs_dim, 2 * action_dim, n_agents, hidden)
+        self._register_load_state_dict_pre_hook(_merge_separate_heads)
+
+    def raw(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The heads before clamping: mean and log-std of the pre-tanh Gaussian, each [..., N, A]."""
+        out = self.net(observation)
+        return out[..., :self.action_dim], out[..., self.action_dim:]
 
     def forward(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clamped mean and log-std of the pre-tanh Gaussian, each [..., N, A]."""
-        h = self.trunk(observation)
-        mean = self.mean(h).clamp(-MEAN_CLAMP, MEAN_CLAMP)
-        log_std = self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
-        return mean, log_std
+        mean, log_std = self.raw(observation)
+        return mean.clamp(-MEAN_CLAMP, MEAN_CLAMP), log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    @property
+    def linears(self) -> list[nn.Linear]:
+        return self.net.linears
 
     def log_prob(self, observation: torch.Tensor, action: torch.Tensor, mask=None) -> torch.Tensor:
         """log pi_i(a_i | o_i) for dataset actions in [-1, 1]: [..., N, A] -> [..., N] (no masks here)."""
@@ -95,6 +104,19 @@ class CategoricalActor(nn.Module):
         probs = torch.softmax(logits.float(), -1)
         flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
         return flat.reshape(probs.shape[:-1])
+
+
+def _merge_separate_heads(state_dict, prefix, *args) -> None:
+    """Load a state dict written when the actor had a trunk and two head layers."""
+    if prefix + "mean.weight" not in state_dict:
+        return
+    trunk = prefix + "trunk.net."
+    for key in [k for k in state_dict if k.startswith(trunk)]:
+        state_dict[prefix + "net.net." + key[len(trunk):]] = state_dict.pop(key)
+    last = 2 * sum(1 for k in state_dict if k.startswith(prefix + "net.net.") and k.endswith(".weight"))
+    for name in ("weight", "bias"):
+        heads = [state_dict.pop(f"{prefix}{head}.{name}") for head in ("mean", "log_std")]
+        state_dict[f"{prefix}net.net.{last}.{name}"] = torch.cat(heads)
 
 
 def stochastic_actor(spec, hidden=(256, 256)) -> TanhGaussianActor | CategoricalActor:

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from lightning_marl.nets.linear import linear, relu_mlp, uses_onednn
+from lightning_marl.nets.linear import linear, mlp_backward, mlp_forward, transposed_product, uses_onednn
 
 
 class EnsembleLinear(nn.Module):
@@ -36,6 +36,67 @@ class EnsembleLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
+
+
+def _stacked_weight_gradient(grad: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """A member's weight gradient as ``EnsembleLinear`` stores it, [in, out]: flat^T grad."""
+    return transposed_product(flat, grad)
+
+
+class _OneDNNEnsemble(torch.autograd.Function):
+    """The first ``members`` members of an ``EnsembleMLP``, one after the other through
+    ``nets.linear``'s oneDNN route, as ONE autograd node whose gradients are the stacked
+    parameters' own: no ``select`` per member and layer, whose backward would fill a zero tensor
+    of the whole stack for each member and then add them up.
+    Arguments: ``flat [m, in], members, *stacked`` (weight [K, in, out], bias [K, 1, out] per layer)."""
+
+    @staticmethod
+    def forward(ctx, flat, members, *stacked):
+        weights, biases = stacked[0::2], stacked[1::2]
+        outputs, saved = [], []
+        for j in range(members):
+            activations = mlp_forward(flat, [w[j].t() for w in weights], [b[j, 0] for b in biases])
+            saved.extend(activations[1:])
+            outputs.append(activations[-1])
+        ctx.save_for_backward(flat, *saved, *weights)
+        ctx.members, ctx.layers, ctx.stack = members, len(weights), weights[0].shape[0]
+        return torch.stack(outputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        layers, members = ctx.layers, ctx.members
+        flat, weights = saved[0], saved[-layers:]
+        needs = ctx.needs_input_grad
+        grad_flat = None
+        weight_grads = [[] for _ in range(layers)]
+        bias_grads = [[] for _ in range(layers)]
+        for j in range(members):
+            activations = [flat, *saved[1 + j * layers:1 + (j + 1) * layers]]
+            grad_x, w_grads, b_grads = mlp_backward(
+                grad[j], activations, [w[j].t() for w in weights], False, needs[0], needs[2::2], needs[3::2],
+                weight_gradient=_stacked_weight_gradient)
+            if grad_x is not None:
+                grad_flat = grad_x if grad_flat is None else grad_flat + grad_x
+            for i in range(layers):
+                weight_grads[i].append(w_grads[i])
+                bias_grads[i].append(b_grads[i])
+        grads = []
+        for i in range(layers):
+            for need, parts, shape in ((needs[2 + 2 * i], weight_grads[i], weights[i].shape),
+                                       (needs[3 + 2 * i], bias_grads[i], None)):
+                grads.append(_stacked(parts, ctx.stack, shape) if need else None)
+        return (grad_flat, None, *grads)
+
+
+def _stacked(parts: list[torch.Tensor], stack: int, weight_shape) -> torch.Tensor:
+    """Per-member gradients stacked as the parameter is (zeros for members that were not run)."""
+    value = torch.stack(parts)
+    if weight_shape is None:
+        value = value.unsqueeze(1)  # biases are [K, 1, out]
+    if len(parts) < stack:
+        value = torch.cat([value, value.new_zeros(stack - len(parts), *value.shape[1:])])
+    return value
 
 
 class EnsembleMLP(nn.Module):
@@ -69,7 +130,11 @@ class EnsembleMLP(nn.Module):
         k = self.members if members is None else members
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
-        if flat.shape[0] > self.loop_above_rows or self._onednn(flat):
+        onednn = self._onednn(flat)
+        if onednn and torch.is_grad_enabled() and (flat.requires_grad or not frozen):
+            stacked = [t for layer in self.layers for t in self._parameters_of(layer, None, frozen)]
+            out = _OneDNNEnsemble.apply(flat, k, *stacked)
+        elif flat.shape[0] > self.loop_above_rows or onednn:
             out = torch.stack([self._member(flat, j, frozen) for j in range(k)])
         else:
             out = self._batched(flat, k, frozen)
@@ -97,19 +162,12 @@ class EnsembleMLP(nn.Module):
         return h
 
     def _member(self, flat: torch.Tensor, j: int, frozen: bool) -> torch.Tensor:
-        parameters = [t for layer in self.layers for t in self._member_parameters(layer, j, frozen)]
-        if torch.is_grad_enabled() and self._onednn(flat) and (flat.requires_grad or not frozen):
-            return relu_mlp(flat, parameters)  # the member as one autograd node
         h = flat
         last = len(self.layers) - 1
-        for i, (weight, bias) in enumerate(zip(parameters[0::2], parameters[1::2])):
-            h = linear(h, weight, bias, relu=i < last)
+        for i, layer in enumerate(self.layers):
+            weight, bias = self._parameters_of(layer, j, frozen)
+            h = linear(h, weight.t(), bias[0], relu=i < last)
         return h
-
-    def _member_parameters(self, layer: EnsembleLinear, j: int, frozen: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Member ``j``'s weight as ``nn.Linear`` holds it, [out, in] (a view), and its bias [out]."""
-        weight, bias = self._parameters_of(layer, j, frozen)
-        return weight.t(), bias[0]
 
     def load_member(self, k: int, linears: list[nn.Linear]) -> None:
         """Copy the weights of a stack of ``nn.Linear`` layers into member ``k`` (tests, conversions)."""

@@ -126,20 +126,27 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None
 
 
-def _weight_gradient(grad: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """A layer's weight gradient grad [m, out]^T @ flat [m, in], as [out, in] (maybe a transposed view).
+def transposed_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [m, p]^T @ b [m, q] -> [p, q] (maybe a transposed view): a layer's weight gradient.
 
-    Both operands are transposed, and the kernel copies its first operand to contiguous memory;
-    with few inputs (a first layer) the product is taken the other way round, as (flat^T grad)^T,
-    so that the small operand is the one copied. Measured (2 threads, µs, m 384 / 768, in 21,
-    out 256): MKL as grad^T flat 58 / 105, MKL as (flat^T grad)^T 46 / 69, oneDNN that way 36 / 60.
+    Both operands are transposed, and oneDNN first copies the operand it reads as rows to
+    contiguous memory; the product is taken in the orientation that copies the smaller one.
+    Measured (2 threads, µs, m 384 / 768, p 21, q 256): MKL as b^T a then transposed 58 / 105, MKL
+    as a^T b 46 / 69, oneDNN as a^T b 36 / 60.
     """
-    rows, inputs, outputs = grad.shape[0], flat.shape[1], grad.shape[1]
-    if inputs >= outputs or inputs >= 64:
-        return _forward(grad.t(), flat.t())
-    if rows >= 384 and outputs >= 256 and inputs >= 16:
-        return _ONEDNN_LINEAR(flat.t(), grad.t(), None, "none", [], "").t()
-    return torch.mm(flat.t(), grad).t()
+    m, p, q = a.shape[0], a.shape[1], b.shape[1]
+    if p > q:
+        return transposed_product(b, a).t()
+    if p >= 64:
+        return _forward(a.t(), b.t())
+    if m >= 384 and q >= 256 and p >= 16:
+        return _ONEDNN_LINEAR(a.t(), b.t(), None, "none", [], "")
+    return torch.mm(a.t(), b)
+
+
+def _weight_gradient(grad: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """A layer's weight gradient as ``nn.Linear`` holds it: grad [m, out]^T flat [m, in] -> [out, in]."""
+    return transposed_product(grad, flat)
 
 
 def _input_gradient(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -147,6 +154,38 @@ def _input_gradient(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if weight.shape[0] == 1:
         return grad * weight
     return _forward(grad, weight.t())
+
+
+def mlp_forward(flat: torch.Tensor, weights, biases, relu_last: bool = False) -> list[torch.Tensor]:
+    """The activations [flat, h1, ..., out] of a ReLU MLP on ``flat`` [m, in], each layer's product
+    routed as ``_forward`` routes it and each ReLU fused into it (weights [out, in], any strides)."""
+    last = len(weights) - 1
+    activations = [flat]
+    for i, (weight, bias) in enumerate(zip(weights, biases)):
+        activations.append(_forward(activations[-1], weight, bias, relu=i < last or relu_last))
+    return activations
+
+
+def mlp_backward(grad: torch.Tensor, activations, weights, relu_last: bool, input_grad: bool, weight_grads,
+                 bias_grads, weight_gradient=None):
+    """The gradients of ``mlp_forward``'s output ``grad`` [m, out] with respect to its input (or None)
+    and, where ``weight_grads[i]`` / ``bias_grads[i]`` ask, layer i's weight and bias (else None).
+    ``weight_gradient(g, a)`` gives a weight's gradient from the layer's output gradient and input
+    (default ``_weight_gradient``: [out, in], as ``nn.Linear`` holds it)."""
+    weight_gradient = weight_gradient or _weight_gradient
+    layers = len(weights)
+    weight_out, bias_out = [None] * layers, [None] * layers
+    g = grad
+    for i in reversed(range(layers)):
+        if i < layers - 1 or relu_last:
+            g = torch.ops.aten.threshold_backward(g, activations[i + 1], 0)
+        if weight_grads[i]:
+            weight_out[i] = weight_gradient(g, activations[i])
+        if bias_grads[i]:
+            bias_out[i] = g.sum(0)
+        if i > 0 or input_grad:
+            g = _input_gradient(g, weights[i])
+    return (g if input_grad else None), weight_out, bias_out
 
 
 class _OneDNNMLP(torch.autograd.Function):
@@ -161,15 +200,11 @@ class _OneDNNMLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, relu_last, *parameters):
         weights, biases = parameters[0::2], parameters[1::2]
-        last = len(weights) - 1
-        h = x.reshape(-1, x.shape[-1])
-        activations = [h]
-        for i, (weight, bias) in enumerate(zip(weights, biases)):
-            h = _forward(h, weight, bias, relu=i < last or relu_last)
-            activations.append(h)
+        activations = mlp_forward(x.reshape(-1, x.shape[-1]), weights, biases, relu_last)
         ctx.save_for_backward(*activations, *weights)
         ctx.relu_last, ctx.input_shape = relu_last, x.shape
-        return h.view(*x.shape[:-1], h.shape[-1])
+        out = activations[-1]
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
@@ -177,19 +212,10 @@ class _OneDNNMLP(torch.autograd.Function):
         layers = (len(saved) - 1) // 2
         activations, weights = saved[:layers + 1], saved[layers + 1:]
         needs = ctx.needs_input_grad
-        grads = [None] * (2 * layers)
-        g = grad.reshape(-1, grad.shape[-1])
-        for i in reversed(range(layers)):
-            if i < layers - 1 or ctx.relu_last:
-                g = torch.ops.aten.threshold_backward(g, activations[i + 1], 0)
-            if needs[2 + 2 * i]:
-                grads[2 * i] = _weight_gradient(g, activations[i])
-            if needs[3 + 2 * i]:
-                grads[2 * i + 1] = g.sum(0)
-            if i > 0 or needs[0]:
-                g = _input_gradient(g, weights[i])
-        grad_x = g.view(ctx.input_shape) if needs[0] else None
-        return (grad_x, None, *grads)
+        grad_x, weight_grads, bias_grads = mlp_backward(
+            grad.reshape(-1, grad.shape[-1]), activations, weights, ctx.relu_last, needs[0], needs[2::2], needs[3::2])
+        grads = [t for pair in zip(weight_grads, bias_grads) for t in pair]
+        return (grad_x.view(ctx.input_shape) if grad_x is not None else None, None, *grads)
 
 
 def relu_mlp(x: torch.Tensor, weights_and_biases, relu_last: bool = False) -> torch.Tensor:

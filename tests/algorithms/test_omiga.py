@@ -43,9 +43,10 @@ def build_case(case):
         grad_clip=hyper["grad_norm_clip"], hidden=[dims["hidden"]] * 2, mixer_hidden=dims["mixer_hidden"],
     )
     actor = params["actor"]
-    _load_mlp(module.actor.trunk, actor)
-    _load_linear(module.actor.mean, actor["W_mu"], actor["b_mu"])
-    _load_linear(module.actor.log_std, actor["W_logstd"], actor["b_logstd"])
+    first, second, heads = module.actor.linears
+    _load_linear(first, actor["W1"], actor["b1"])
+    _load_linear(second, actor["W2"], actor["b2"])
+    _load_linear(heads, [*actor["W_mu"], *actor["W_logstd"]], [*actor["b_mu"], *actor["b_logstd"]])
     for name in ("q", "q_target", "v", "v_target"):
         _load_mlp(getattr(module, name), params[name])
     _load_mixer(module.mixer, params["mixer"])
@@ -86,8 +87,7 @@ def test_intermediates_losses_and_gradients_match_reference(case):
         norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
         assert norm == pytest.approx(expected["grad_norms_before_clipping"][theirs], rel=1e-4, abs=1e-6)
 
-    hidden = module.actor.trunk(batch[schema.OBS])
-    mean_raw, log_std = module.actor.mean(hidden), module.actor.log_std(hidden)
+    mean_raw, log_std = module.actor.raw(batch[schema.OBS])
     assert int((mean_raw.abs() > 9).sum()) == expected["clamps_binding"]["mean_clamped"]
     assert int(((log_std < -5) | (log_std > 2)).sum()) == expected["clamps_binding"]["logstd_clamped"]
 
