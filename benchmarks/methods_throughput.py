@@ -12,9 +12,10 @@ medians over alternating rounds), for each method and number of agents (batch 12
   to the inputs at every call, each loss from its own network calls, a separate backward +
   clip + Adam step per group and a per-parameter Python loop for the Polyak update. MA-TD3+BC's
   plain loop computes and steps its actor (and moves the targets) only every ``policy_delay``-th
-  step, the way TD3 reference code does, so it does FEWER FLOPs than ours (which computes the
-  actor loss every step for DDP): a stricter baseline; ``matd3bc_same_flops`` is the same loop
-  with the actor loss and its backward every step (ours' schedule, ours' FLOPs). MA-TD3+BC's plain loop gets observations
+  step, the way TD3 reference code does, and so does ours in one process. Under DDP ours
+  computes the actor's loss at every step (every parameter needs a gradient at every step):
+  ``matd3bc_ddp_schedule`` measures ours on that schedule against the same loop with the actor
+  loss and its backward every step (the same FLOPs). MA-TD3+BC's plain loop gets observations
   normalised once in advance (reference code normalises its replay buffer), ours normalises in
   its step.
 * Equivalence: from the same initial weights and batch the plain loop's losses and clipped
@@ -29,7 +30,7 @@ medians over alternating rounds), for each method and number of agents (batch 12
   over the plain loop. ``bf16 matmul floor``: the same for our bf16-autocast step.
 
 Methods: ``iql`` (independent per-agent critics, the default), ``iql_central`` (centralised
-Q(s, a), V(s)), ``matd3bc``, ``matd3bc_same_flops``, ``qmix_cql`` (discrete, 9 actions, random action masks).
+Q(s, a), V(s)), ``matd3bc``, ``matd3bc_ddp_schedule``, ``qmix_cql`` (discrete, 9 actions, random action masks).
 
 Run:
     python benchmarks/methods_throughput.py --agents 3 6
@@ -352,7 +353,10 @@ def _iql_case(centralised: bool) -> Case:
 
 def _matd3bc_case(actor_every_step: bool) -> Case:
     def build_ours(n):
-        return MATD3BC.from_spec(spec(n), batch_size=BATCH)
+        module = MATD3BC.from_spec(spec(n), batch_size=BATCH)
+        if actor_every_step:  # as under DDP: the actor's loss at every step
+            module.every_loss_each_step = lambda: True
+        return module
 
     def build_plain(m):
         c = m.config
@@ -368,7 +372,7 @@ def _matd3bc_case(actor_every_step: bool) -> Case:
         return [("actor", m.actor, p.actor), ("actor_target", m.actor_target, p.actor_target),
                 ("q", m.q.net, [p.q1, p.q2]), ("q_target", m.q_target.net, [p.q1_target, p.q2_target])]
 
-    name = "matd3bc_same_flops" if actor_every_step else "matd3bc"
+    name = "matd3bc_ddp_schedule" if actor_every_step else "matd3bc"
     return Case(name, build_ours, build_plain, tp.random_transitions, plain_inputs, ("policy", "q"), pairs)
 
 
@@ -495,7 +499,7 @@ def mean_flops(step, items, steps: int = 2) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["iql", "iql_central", "matd3bc", "matd3bc_same_flops",
+    parser.add_argument("--methods", nargs="+", default=["iql", "iql_central", "matd3bc", "matd3bc_ddp_schedule",
                                                           "qmix_cql"],
                         choices=sorted(CASES))
     parser.add_argument("--agents", type=int, nargs="+", default=[3, 6])

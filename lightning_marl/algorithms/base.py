@@ -68,6 +68,8 @@ class OfflineMARLModule(L.LightningModule):
         self._rng: torch.Generator | None = None
         self._target_pairs: list[tuple[nn.Module, nn.Module]] = []
         self._standalone_optimizers = None
+        self._last_step_stats: dict[str, torch.Tensor] = {}
+        self._losses_due: set[str] | None = None
         self._last_log_time = None
         self._last_log_iteration = 0
         self._check_support()
@@ -214,10 +216,16 @@ class OfflineMARLModule(L.LightningModule):
         """
         self._seed_rng()
         batch = self.augment_batch(batch)
-        losses = self.losses(batch)
-        groups = list(self.group_parameters)
-        if set(losses) != set(groups):
-            raise TrainingError(f"{type(self).__name__}.losses returned {sorted(losses)}, expected {sorted(groups)}")
+        required = set(self.group_parameters) if self.every_loss_each_step() else set(self.groups_to_step())
+        self._losses_due = required
+        try:
+            losses = self.losses(batch)
+        finally:
+            self._losses_due = None
+        if not required <= set(losses) <= set(self.group_parameters):
+            raise TrainingError(f"{type(self).__name__}.losses returned {sorted(losses)}, expected "
+                                f"{sorted(required)} (and at most {sorted(self.group_parameters)})")
+        groups = [name for name in self.group_parameters if name in losses]
         total = sum(losses.values())
         if not torch.isfinite(total):
             bad = [name for name, value in losses.items() if not torch.isfinite(value)]
@@ -226,8 +234,8 @@ class OfflineMARLModule(L.LightningModule):
                 f"and nothing saved was overwritten. {self._last_good_checkpoint()}"
                 "Lower the learning rate or check the dataset for extreme values (dataset verify)."
             )
-        optimizers = self._optimizers()
-        self.zero_grad_groups(groups)
+        optimizers = [opt for name, opt in zip(self.group_parameters, self._optimizers(), strict=True) if name in losses]
+        self.zero_grad_groups(self.group_parameters)  # also a group whose loss was left out: no stale gradients
         if self._trainer is not None:
             self.manual_backward(total)
         else:
@@ -237,7 +245,21 @@ class OfflineMARLModule(L.LightningModule):
             self.update_targets()
         self.iteration += 1
         stats.update({f"loss/{name}": value.detach() for name, value in losses.items()})
-        return stats
+        self._last_step_stats.update(stats)  # a group whose loss was left out: its last values
+        return dict(self._last_step_stats)
+
+    def loss_due(self, name: str) -> bool:
+        """Whether ``losses`` must compute group ``name``'s loss: always, except inside
+        ``train_step`` for a group that does not step this iteration (``groups_to_step``) when
+        not ``every_loss_each_step()``. Calling ``losses`` directly computes every loss."""
+        return self._losses_due is None or name in self._losses_due
+
+    def every_loss_each_step(self) -> bool:
+        """Whether every loss must be computed at every iteration, also for groups that do not step
+        (``groups_to_step``): under DDP (more than one process), whose gradient reduction expects
+        a gradient for every parameter. Alone, a method may leave out the losses of such groups
+        (TD3's actor between its delayed steps), which changes nothing but the time taken."""
+        return self._trainer is not None and self.trainer.world_size > 1
 
     def zero_grad_groups(self, groups) -> None:
         """Forget the gradients of ``groups`` (set to None, as ``zero_grad(set_to_none=True)``)."""
@@ -284,8 +306,8 @@ class OfflineMARLModule(L.LightningModule):
 
     def groups_to_step(self):
         """Groups whose optimiser steps this iteration. All by default; a delayed schedule (TD3's
-        actor every second step) returns fewer. Every loss is still computed and backpropagated,
-        so plain DDP sees a gradient for every parameter at every step."""
+        actor every second step) returns fewer. ``losses`` may then leave out the other groups'
+        losses, unless ``every_loss_each_step()`` (DDP: a gradient for every parameter at every step)."""
         return self.group_parameters.keys()
 
     def targets_due(self) -> bool:

@@ -60,7 +60,7 @@ class MATD3BC(OfflineMARLModule):
     def parameter_groups(self):
         return {"policy": [self.actor], "q": [self.q]}
 
-    # ---- the delayed schedule: losses every step, the actor's optimiser and targets every k ----
+    # ---- the delayed schedule: the actor's loss, optimiser and the targets every k critic steps ----
     def policy_due(self) -> bool:
         """Whether this iteration steps the actor and the targets (iterations k-1, 2k-1, ...)."""
         return (self.iteration + 1) % self.config.policy_delay == 0
@@ -105,10 +105,10 @@ class MATD3BC(OfflineMARLModule):
         intermediates = {} if intermediates is None else intermediates
         observation = self.normalise_observation(batch.get(schema.OBS))
         next_observation = self.normalise_observation(batch.get(schema.NEXT_OBS))
-        return {
-            "policy": self.actor_loss(batch, observation, intermediates),
-            "q": self.critic_loss(batch, observation, next_observation, intermediates),
-        }
+        losses = {"q": self.critic_loss(batch, observation, next_observation, intermediates)}
+        if self.loss_due("policy"):
+            losses["policy"] = self.actor_loss(batch, observation, intermediates)
+        return losses
 
     def act(self, observation, mask=None):
         return self.actor(self.normalise_observation(observation))

@@ -51,19 +51,30 @@ def test_lambda_with_a_learned_critic_and_no_critic_gradient_from_the_actor(modu
     assert all(g is None for g in torch.autograd.grad(losses["q"], actor, retain_graph=True, allow_unused=True))
 
 
-def test_actor_and_targets_step_every_second_iteration_but_the_loss_every_iteration(module_and_batch):
+@pytest.mark.parametrize("distributed", [False, True])
+def test_actor_and_targets_step_every_second_iteration(module_and_batch, monkeypatch, distributed):
+    """Alone, the actor's loss is computed only when the actor steps (as TD3's reference code
+    does); under DDP (``every_loss_each_step``) at every iteration, so that every parameter has a
+    gradient at every step. Either way the same parameters move at the same iterations."""
     module, batch = module_and_batch
+    monkeypatch.setattr(module, "every_loss_each_step", lambda: distributed)
     nets = {"actor": module.actor, "q": module.q, "actor_target": module.actor_target, "q_target": module.q_target}
     moved = {name: [] for name in nets}
+    policy_losses = []
     for iteration in range(4):
         before = {name: [p.detach().clone() for p in net.parameters()] for name, net in nets.items()}
         stats = module.train_step(batch)
-        assert torch.isfinite(stats["loss/policy"]) and stats["grad_norm/policy"] > 0  # computed and backpropagated
-        assert all(p.grad is not None for p in module.actor.parameters())
+        computed = distributed or iteration % 2 == 1
+        assert all((p.grad is not None) == computed for p in module.actor.parameters()), iteration
+        if iteration > 0:  # a loss left out reports its last value
+            assert torch.isfinite(stats["loss/policy"]) and stats["grad_norm/policy"] > 0
+        policy_losses.append(stats.get("loss/policy"))
         for name, net in nets.items():
             moved[name].append(any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters())))
     assert moved["q"] == [True] * 4
     assert moved["actor"] == moved["actor_target"] == moved["q_target"] == [False, True, False, True]
+    if not distributed:
+        assert policy_losses[0] is None and torch.equal(policy_losses[2], policy_losses[1])
 
 
 def test_observations_are_normalised_for_acting(continuous_transitions):
