@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchrl.modules import QMixer
 
 
@@ -29,8 +30,21 @@ class QMIXMixer(QMixer):
         super().__init__(state_shape=(state_dim,), mixing_embed_dim=embed_dim, n_agents=n_agents, device=None)
 
     def hypernetwork(self, state: torch.Tensor):
-        """The state's mixing parameters: w1 [B, N, E] (>= 0), b1 [B, 1, E], w2 [B, E, 1] (>= 0), v [B, 1, 1]."""
+        """The state's mixing parameters: w1 [B, N, E] (>= 0), b1 [B, 1, E], w2 [B, E, 1] (>= 0), v [B, 1, 1].
+
+        The four layers that read the state (w1, b1, w2 and V's first) run as one product over
+        their concatenated weights: one matmul and one weight-gradient instead of four."""
         state = state.reshape(-1, self.state_dim)
+        first = (self.hyper_w_1, self.hyper_b_1, self.hyper_w_final, self.V[0])
+        if not all(isinstance(layer, nn.Linear) for layer in first):  # torchrl's 2-layer hypernetworks
+            return self._hypernetwork_layer_by_layer(state)
+        out = F.linear(state, torch.cat([layer.weight for layer in first]), torch.cat([layer.bias for layer in first]))
+        w1, b1, w2, v_hidden = out.split([layer.out_features for layer in first], -1)
+        v = self.V[2](torch.relu(v_hidden))
+        return (w1.abs().view(-1, self.n_agents, self.embed_dim), b1.reshape(-1, 1, self.embed_dim),
+                w2.abs().reshape(-1, self.embed_dim, 1), v.view(-1, 1, 1))
+
+    def _hypernetwork_layer_by_layer(self, state: torch.Tensor):
         w1 = self.hyper_w_1(state).abs().view(-1, self.n_agents, self.embed_dim)
         b1 = self.hyper_b_1(state).view(-1, 1, self.embed_dim)
         w2 = self.hyper_w_final(state).abs().view(-1, self.embed_dim, 1)
@@ -41,5 +55,10 @@ class QMIXMixer(QMixer):
         lead = state.shape[:-1]
         w1, b1, w2, v = self.hypernetwork(state)
         flat = values.reshape(w1.shape[0], -1, self.n_agents)
-        hidden = F.elu(torch.bmm(flat, w1) + b1)
-        return (torch.bmm(hidden, w2) + v).view(*lead, *values.shape[len(lead):-1], 1)
+        if flat.shape[1] == 1:  # one joint action per state: broadcast products beat B tiny matmuls
+            hidden = F.elu((flat.transpose(1, 2) * w1).sum(1, keepdim=True) + b1)
+            out = (hidden.transpose(1, 2) * w2).sum(1, keepdim=True) + v
+        else:
+            hidden = F.elu(torch.bmm(flat, w1) + b1)
+            out = torch.bmm(hidden, w2) + v
+        return out.view(*lead, *values.shape[len(lead):-1], 1)

@@ -124,6 +124,18 @@ def test_mixer_is_torchrl_qmix_and_mixes_many_joint_actions_at_once():
     assert (gradient >= 0).all()  # monotonic in every agent's value
 
 
+def test_one_joint_action_per_state_mixes_as_torchrl_in_values_and_gradients():
+    """One joint action per state takes broadcast products and one fused hypernetwork product."""
+    torch.manual_seed(0)
+    mixer = QMIXMixer(state_dim=51, n_agents=3, embed_dim=32)
+    state, values = torch.randn(128, 51), torch.randn(128, 3, requires_grad=True)
+    ours, theirs = mixer.mix_values(values, state), mixer(values.unsqueeze(-1), state)
+    torch.testing.assert_close(ours, theirs)
+    inputs = [values, *mixer.parameters()]
+    for a, b in zip(torch.autograd.grad(ours.pow(2).sum(), inputs), torch.autograd.grad(theirs.pow(2).sum(), inputs)):
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-5  # summation order differs
+
+
 def test_q_tot_helpers_and_frozen_copy(climbing_dataset):
     module = QMIXCQL.from_spec(climbing_dataset.spec, hidden=[8, 8], mixer_embed=4)
     batch = climbing_dataset.transitions[:16]
