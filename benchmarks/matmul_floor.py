@@ -74,8 +74,14 @@ class _Recorder(TorchDispatchMode):
         self.names.append(str(func))
         if func in MATMULS:
             self.products.append((str(func), (func, [_layout(a) for a in args],
-                                              {k: _layout(v) for k, v in kwargs.items()})))
+                                              {k: _layout(v) for k, v in kwargs.items()}, _precision())))
         return func(*args, **kwargs)
+
+
+def _precision():
+    """oneDNN's float32 matmul setting (``nets.linear.onednn_matmul`` changes it around weight
+    gradients, routing ``torch.mm`` to oneDNN): recorded with each product, restored on replay."""
+    return getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", None)
 
 
 def _record(step, item) -> _Recorder:
@@ -117,8 +123,8 @@ class MatmulReplay:
     """Replays recorded products on random tensors of the same shapes, strides and dtypes."""
 
     def __init__(self, products: list):
-        self.calls = [(func, [_materialise(a) for a in args], {k: _materialise(v) for k, v in kwargs.items()})
-                      for _, (func, args, kwargs) in products]
+        self.calls = [(func, [_materialise(a) for a in args], {k: _materialise(v) for k, v in kwargs.items()},
+                       precision) for _, (func, args, kwargs, precision) in products]
 
     def flops(self) -> int:
         from torch.utils.flop_counter import FlopCounterMode
@@ -128,8 +134,13 @@ class MatmulReplay:
         return counter.get_total_flops()
 
     def run_once(self) -> None:
-        for func, args, kwargs in self.calls:
+        initial = current = _precision()
+        for func, args, kwargs, precision in self.calls:
+            if precision != current:
+                torch.backends.mkldnn.matmul.fp32_precision = current = precision
             func(*args, **kwargs)
+        if current != initial:
+            torch.backends.mkldnn.matmul.fp32_precision = initial
 
     def steps_per_second(self, seconds: float) -> float:
         """Replays per second (one replay = one training step's products)."""

@@ -126,17 +126,65 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None
 
 
+def _matmul_precision_setting():
+    return getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", None)
+
+
+class onednn_matmul:
+    """Within it, PyTorch's float32 ``torch.mm`` on the CPU runs in oneDNN's matmul, which reads
+    transposed operands in place (``_linear_pointwise`` first copies a transposed input).
+
+    PyTorch reaches that matmul only when ``torch.backends.mkldnn.matmul.fp32_precision`` allows
+    oneDNN a reduced internal precision ("bf16"). On CPUs without AMX (the project's AMD
+    processors) oneDNN still computes in float32: ``onednn_matmul_keeps_float32`` checks this once
+    per process against float64, and the weight gradients use the context only where it holds.
+    The previous setting is restored on exit."""
+
+    def __enter__(self):
+        self._previous = torch.backends.mkldnn.matmul.fp32_precision
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+
+    def __exit__(self, *exc):
+        torch.backends.mkldnn.matmul.fp32_precision = self._previous
+
+
+@functools.cache
+def onednn_matmul_keeps_float32() -> bool:
+    """Whether ``torch.mm`` inside ``onednn_matmul`` keeps float32 accuracy on this CPU (checked once
+    per process against float64 on inputs where bfloat16 rounding would show: relative error under
+    4e-6; float32 gives ~5e-7, bfloat16 inputs ~1e-3)."""
+    if _matmul_precision_setting() is None or not onednn_matmul_available():
+        return False
+    with _disable_current_modes(), torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for m, p, q in ((384, 256, 256), (384, 21, 256)):
+            a = 1.0 + 1e-3 * torch.randn(m, p, generator=generator)
+            b = 1.0 + 1e-3 * torch.randn(m, q, generator=generator)
+            with onednn_matmul():
+                value = torch.mm(a.t(), b)
+            reference = a.double().t() @ b.double()
+            if float((value.double() - reference).abs().max() / reference.abs().max()) > 4e-6:
+                return False
+    return True
+
+
 def transposed_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a [m, p]^T @ b [m, q] -> [p, q] (maybe a transposed view): a layer's weight gradient.
 
-    Both operands are transposed, and oneDNN first copies the operand it reads as rows to
-    contiguous memory; the product is taken in the orientation that copies the smaller one.
-    Measured (2 threads, µs, m 384 / 768, p 21, q 256): MKL as b^T a then transposed 58 / 105, MKL
-    as a^T b 46 / 69, oneDNN as a^T b 36 / 60.
+    Both operands are transposed. Where ``onednn_matmul_keeps_float32``, the product runs in
+    oneDNN's matmul, which reads them in place (2 threads, µs, m 384 / 768 / 1536, p = q = 256:
+    126 / 241 / 463, against 168 / 310 / 842 for ``_linear_pointwise``, whose transposed-input
+    copy is the difference, and 260 / 522 / 1056 for MKL). Otherwise oneDNN's linear copies the
+    operand it reads as rows to contiguous memory, so the product is taken in the orientation that
+    copies the smaller one: m 384 / 768, p 21, q 256, MKL as b^T a then transposed 58 / 105, MKL as
+    a^T b 46 / 69, oneDNN as a^T b 36 / 60. Skinny products (a dimension under 8) stay in MKL.
     """
     m, p, q = a.shape[0], a.shape[1], b.shape[1]
     if p > q:
         return transposed_product(b, a).t()
+    if p >= 8 and m * p * q >= 1 << 19 and onednn_matmul_keeps_float32():
+        with onednn_matmul():
+            return torch.mm(a.t(), b)
     if p >= 64:
         return _forward(a.t(), b.t())
     if m >= 384 and q >= 256 and p >= 16:

@@ -216,3 +216,28 @@ def test_weight_gradient_in_either_orientation_matches_float64(rows, inputs, out
     value = _weight_gradient(grad, flat)
     assert value.shape == (outputs, inputs)
     assert relative_error(value, grad.double().t() @ flat.double()) < 1e-5
+
+
+def test_onednn_matmul_restores_the_setting_and_the_check_rejects_reduced_precision(monkeypatch):
+    from lightning_marl.nets import linear as module
+
+    if module._matmul_precision_setting() is None:
+        pytest.skip("this PyTorch has no oneDNN matmul precision setting")
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    with pytest.raises(RuntimeError), module.onednn_matmul():
+        assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+        raise RuntimeError("inside")
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+
+    real_mm = torch.mm
+
+    def bfloat16_mm(a, b):  # what a CPU with AMX may do under the setting
+        return real_mm(a.bfloat16().float(), b.bfloat16().float())
+
+    module.onednn_matmul_keeps_float32.cache_clear()
+    monkeypatch.setattr(torch, "mm", bfloat16_mm)
+    try:
+        assert not module.onednn_matmul_keeps_float32()
+    finally:
+        monkeypatch.undo()
+        module.onednn_matmul_keeps_float32.cache_clear()

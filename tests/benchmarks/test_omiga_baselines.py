@@ -56,7 +56,7 @@ def test_matmul_floor_replays_the_steps_products(bf16):
     step = tp.bf16_step(module) if bf16 else module.train_step
     step(batches[0])
     products = record_matmuls(step, batches[1])
-    dtypes = {layout[3] for _, (_, args, _) in products for layout in args if layout[0] == "tensor"}
+    dtypes = {layout[3] for _, (_, args, _, _) in products for layout in args if layout[0] == "tensor"}
     assert dtypes == {torch.bfloat16 if bf16 else torch.float32}
     replay = MatmulReplay(products)
     assert replay.flops() == tp.count_flops(step, batches[1])
