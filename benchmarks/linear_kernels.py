@@ -3,8 +3,10 @@
 For the products a linear layer runs in training (the forward x W^T, the input gradient g W and
 the weight gradient g^T x), at the shapes of this project's networks (batch 128 with 3 and 6
 agents: 384 and 768 rows; 2x256 hidden layers; a first layer of 20 inputs; a last layer of one
-output) and at 2048x2048, this prints the time of each kernel, its GFLOP/s, the ratio, and what
-``lightning_marl.nets.linear`` chooses for that product (``gains_from_onednn``) and whether the
+output) and at 2048x2048, this prints the time of each kernel (MKL; oneDNN's linear, which copies
+a transposed input first; oneDNN's matmul, which reads it in place, reached through
+``nets.linear.onednn_matmul`` where that keeps float32 accuracy), the GFLOP/s, the ratio, what
+``lightning_marl.nets.linear`` chooses for that product and whether the
 route is on in this process (``onednn_route_enabled``: timed once per process unless
 ``LIGHTNING_MARL_ONEDNN`` is set). On the project's AMD CPUs (AVX-512) oneDNN runs the large
 products about 2x faster; where MKL runs its fast path the two are close.
@@ -26,7 +28,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from matmul_floor import calls_per_second  # noqa: E402
 
-from lightning_marl.nets.linear import gains_from_onednn, onednn_matmul_available, onednn_route_enabled
+from lightning_marl.nets.linear import (  # noqa: E402
+    gains_from_onednn,
+    onednn_matmul,
+    onednn_matmul_available,
+    onednn_matmul_keeps_float32,
+    onednn_route_enabled,
+    transposed_route,
+)
 
 # (rows, inner, columns) of x [rows, inner] and W [columns, inner]; the label says which layer.
 LAYERS = [
@@ -36,6 +45,21 @@ LAYERS = [
     ("last layer (one value)", 384, 256, 1),
     ("2048x2048", 2048, 2048, 2048),
 ]
+
+
+def route(name: str, m: int, k: int, n: int) -> str:
+    """The kernel ``nets.linear`` takes for this product of a layer."""
+    if name.startswith("weight"):  # g^T x: both operands transposed (nets.linear.transposed_product)
+        return transposed_route(k, min(m, n), max(m, n))
+    return "oneDNN linear" if gains_from_onednn(m, k, n) else "MKL"
+
+
+def in_onednn_matmul(call):
+    """``call`` (a ``torch.mm``) inside ``nets.linear.onednn_matmul``: oneDNN's strided matmul."""
+    def run():
+        with onednn_matmul():
+            return call()
+    return run
 
 
 def products(rows: int, inner: int, columns: int):
@@ -73,18 +97,25 @@ def main(argv=None) -> list[dict]:
         return []
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; oneDNN route in this process: "
           f"{'on' if onednn_route_enabled() else 'off'}; medians of {args.rounds} rounds")
-    print("\n| layer | product | m x k x n | MKL µs | oneDNN µs | MKL GFLOP/s | oneDNN GFLOP/s | oneDNN speed-up | route |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    strided = onednn_matmul_keeps_float32()
+    print(f"# oneDNN matmul (torch.mm within nets.linear.onednn_matmul) keeps float32 accuracy here: {strided}"
+          + ("" if strided else " (its column is not measured)"))
+    print("\n| layer | product | m x k x n | MKL µs | oneDNN linear µs | oneDNN matmul µs | MKL GFLOP/s "
+          "| best oneDNN GFLOP/s | oneDNN speed-up | route |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
     rows = []
     layers = LAYERS if args.layers is None else [LAYERS[i] for i in args.layers]
     for label, *shape in layers:
         for name, (m, k, n), mkl, onednn in products(*shape):
             mkl_us, onednn_us = microseconds(mkl, args.rounds, args.seconds), microseconds(onednn, args.rounds, args.seconds)
+            matmul_us = microseconds(in_onednn_matmul(mkl), args.rounds, args.seconds) if strided else float("nan")
+            best = min(onednn_us, matmul_us) if strided else onednn_us
             flops = 2 * m * k * n
-            route = "oneDNN" if gains_from_onednn(m, k, n) else "MKL"
-            rows.append({"layer": label, "product": name, "mkl_us": mkl_us, "onednn_us": onednn_us, "route": route})
-            print(f"| {label} | {name} | {m} x {k} x {n} | {mkl_us:.1f} | {onednn_us:.1f} | {flops / mkl_us / 1e3:.0f} "
-                  f"| {flops / onednn_us / 1e3:.0f} | {mkl_us / onednn_us:.2f} | {route} |", flush=True)
+            chosen = route(name, m, k, n)
+            rows.append({"layer": label, "product": name, "mkl_us": mkl_us, "onednn_us": onednn_us,
+                         "matmul_us": matmul_us, "route": chosen})
+            print(f"| {label} | {name} | {m} x {k} x {n} | {mkl_us:.1f} | {onednn_us:.1f} | {matmul_us:.1f} "
+                  f"| {flops / mkl_us / 1e3:.0f} | {flops / best / 1e3:.0f} | {mkl_us / best:.2f} | {chosen} |", flush=True)
     return rows
 
 

@@ -182,14 +182,23 @@ def transposed_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     m, p, q = a.shape[0], a.shape[1], b.shape[1]
     if p > q:
         return transposed_product(b, a).t()
-    if p >= 8 and m * p * q >= 1 << 19 and onednn_matmul_keeps_float32():
+    route = transposed_route(m, p, q)
+    if route == "oneDNN matmul":
         with onednn_matmul():
             return torch.mm(a.t(), b)
-    if p >= 64:
-        return _forward(a.t(), b.t())
-    if m >= 384 and q >= 256 and p >= 16:
+    if route == "oneDNN linear":
         return _ONEDNN_LINEAR(a.t(), b.t(), None, "none", [], "")
     return torch.mm(a.t(), b)
+
+
+def transposed_route(m: int, p: int, q: int) -> str:
+    """The kernel ``transposed_product`` takes for a [m, p]^T b [m, q] with p <= q: "oneDNN matmul",
+    "oneDNN linear" (which copies a^T first) or "MKL"."""
+    if p >= 8 and m * p * q >= 1 << 19 and onednn_matmul_keeps_float32():
+        return "oneDNN matmul"
+    if gains_from_onednn(p, m, q) or (m >= 384 and q >= 256 and p >= 16):
+        return "oneDNN linear"
+    return "MKL"
 
 
 def _weight_gradient(grad: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:

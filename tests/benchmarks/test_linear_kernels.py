@@ -26,6 +26,8 @@ def test_the_table_has_a_row_per_product_with_the_route(capsys):
     rows = lk.main(["--rounds", "1", "--seconds", "0.001", "--layers", "2", "3"])
     assert [row["product"] for row in rows] == [name for name, *_ in lk.products(1, 1, 1)] * 2
     assert all(row["mkl_us"] > 0 and row["onednn_us"] > 0 for row in rows)
-    # A first layer's weight gradient has a 256 x 20 output and a last layer's forward one column: MKL.
-    assert rows[2]["route"] == "MKL" and rows[3]["route"] == "MKL"
+    # A last layer (one output): every product in MKL. A first layer's forward: oneDNN's linear.
+    assert [row["route"] for row in rows[3:]] == ["MKL"] * 3 and rows[0]["route"] == "oneDNN linear"
+    # A first layer's weight gradient (256 x 384 x 20): oneDNN's matmul where it keeps float32, else its linear.
+    assert rows[2]["route"] == ("oneDNN matmul" if lk.onednn_matmul_keeps_float32() else "oneDNN linear")
     assert "| first layer" in capsys.readouterr().out
