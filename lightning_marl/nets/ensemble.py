@@ -83,17 +83,15 @@ class _OneDNNEnsemble(torch.autograd.Function):
                 bias_grads[i].append(b_grads[i])
         grads = []
         for i in range(layers):
-            for need, parts, shape in ((needs[2 + 2 * i], weight_grads[i], weights[i].shape),
-                                       (needs[3 + 2 * i], bias_grads[i], None)):
-                grads.append(_stacked(parts, ctx.stack, shape) if need else None)
+            grads.append(_stacked(weight_grads[i], ctx.stack) if needs[2 + 2 * i] else None)
+            grads.append(_stacked(bias_grads[i], ctx.stack).unsqueeze(1) if needs[3 + 2 * i] else None)  # [K, 1, out]
         return (grad_flat, None, *grads)
 
 
-def _stacked(parts: list[torch.Tensor], stack: int, weight_shape) -> torch.Tensor:
-    """Per-member gradients stacked as the parameter is (zeros for members that were not run)."""
+def _stacked(parts: list[torch.Tensor], stack: int) -> torch.Tensor:
+    """Per-member gradients stacked along a first dimension of ``stack`` (zeros for the members
+    that were not run)."""
     value = torch.stack(parts)
-    if weight_shape is None:
-        value = value.unsqueeze(1)  # biases are [K, 1, out]
     if len(parts) < stack:
         value = torch.cat([value, value.new_zeros(stack - len(parts), *value.shape[1:])])
     return value

@@ -16,6 +16,11 @@ call and is slower for products with a skinny output). bfloat16 autocast, accele
 oneDNN is not at least 10 % faster on a typical layer (``onednn_is_faster_here``, timed once per
 process; ``LIGHTNING_MARL_ONEDNN=1`` skips the timing and always routes). ``Linear`` is
 ``nn.Linear`` (same parameters and state dict) calling it.
+
+``relu_mlp`` (what ``ReLUMLP`` runs while gradients are recorded) computes a whole ReLU MLP as
+one autograd node with a hand-written backward. Weight gradients, whose operands are both
+transposed, run in oneDNN's matmul (``transposed_product``), which reads them in place, where
+that keeps float32 accuracy on this CPU (``onednn_matmul_keeps_float32``).
 """
 
 from __future__ import annotations

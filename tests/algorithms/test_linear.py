@@ -241,3 +241,23 @@ def test_onednn_matmul_restores_the_setting_and_the_check_rejects_reduced_precis
     finally:
         monkeypatch.undo()
         module.onednn_matmul_keeps_float32.cache_clear()
+
+
+@needs_onednn
+def test_ensemble_as_one_node_with_fewer_members_gives_the_others_zero_gradients():
+    torch.manual_seed(0)
+    ensemble = EnsembleMLP(members=2, in_features=21, out_features=1, hidden=(256, 256))
+    reference = copy.deepcopy(ensemble)
+    x = torch.randn(384, 21)
+    out = ensemble(x, members=1)
+    assert out.shape == (1, 384, 1)
+    assert type(out.grad_fn.next_functions[0][0]).__name__ == "_OneDNNEnsembleBackward"  # under a view
+    out.pow(2).sum().backward()
+    h = x.double()
+    for i, layer in enumerate(reference.layers):  # member 0 by hand, in float64
+        h = h @ layer.weight[0].double() + layer.bias[0].double()
+        h = h.relu() if i < len(reference.layers) - 1 else h
+    h.pow(2).sum().backward()
+    for ours, theirs in zip(ensemble.parameters(), reference.parameters()):
+        assert relative_error(ours.grad[0], theirs.grad[0]) < 1e-5
+        assert not ours.grad[1].any()
