@@ -17,7 +17,8 @@ class DumpParameters(L.Callback):
 
     def on_train_end(self, trainer, module):
         state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        torch.save({"state": state, "iteration": module.iteration, "threads": torch.get_num_threads()},
+        torch.save({"state": state, "iteration": module.iteration, "threads": torch.get_num_threads(),
+                    "every_loss_each_step": module.every_loss_each_step()},
                    self.out_dir / f"rank{trainer.global_rank}.pt")
 
 

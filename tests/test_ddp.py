@@ -67,3 +67,13 @@ def test_omiga_under_ddp_keeps_ranks_identical(tmp_path, continuous_dataset):
     assert ranks[0]["threads"] == ranks[1]["threads"] == max(1, available_cores() // 2)
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), f"ranks differ in {key}"
+
+
+def test_matd3bc_under_ddp_computes_its_delayed_actor_loss_every_step(tmp_path, continuous_dataset):
+    """Alone, TD3's actor loss is left out between delayed updates; under DDP every parameter
+    needs a gradient at every step, so it is computed (and the ranks stay identical)."""
+    ranks, _ = _run_ddp(tmp_path, continuous_dataset, "matd3bc", steps=5)
+    assert ranks[0]["iteration"] == ranks[1]["iteration"] == 5
+    assert ranks[0]["every_loss_each_step"] and ranks[1]["every_loss_each_step"]
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), f"ranks differ in {key}"
