@@ -419,14 +419,8 @@ def parameter_pairs(case: Case, module, plain) -> list[tuple[str, torch.Tensor, 
                     pairs.append((f"{name}{k + 1}.layer{i}.weight", layer.weight, lambda t, k=k: t[k].t(), linear.weight))
                     pairs.append((f"{name}{k + 1}.layer{i}.bias", layer.bias, lambda t, k=k: t[k, 0], linear.bias))
             continue
-        if isinstance(ours, TanhGaussianActor):  # one head layer: mean rows [:A], log-std rows [A:]
-            first, second, heads = ours.linears
-            a = ours.action_dim
-            for label, layer, linear, rows in (("fc1", first, theirs.fc1, slice(None)), ("fc2", second, theirs.fc2, slice(None)),
-                                               ("mu_head", heads, theirs.mu_head, slice(None, a)),
-                                               ("sigma_head", heads, theirs.sigma_head, slice(a, None))):
-                pairs.append((f"{name}.{label}.weight", layer.weight, lambda t, rows=rows: t[rows], linear.weight))
-                pairs.append((f"{name}.{label}.bias", layer.bias, lambda t, rows=rows: t[rows], linear.bias))
+        if isinstance(ours, TanhGaussianActor):
+            pairs.extend(tp.actor_pairs(name, ours, theirs))
             continue
         mine, their = list(ours.parameters()), list(theirs.parameters())
         assert len(mine) == len(their), f"{case.name}.{name}: {len(mine)} vs {len(their)} parameters"

@@ -341,26 +341,35 @@ def _plain_q_layout(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat([obs, ids, action], 1)
 
 
+def linear_pairs(name: str, ours: nn.Linear, theirs: nn.Linear, view=None, rows: slice = slice(None)) -> list:
+    """(name, ours, view, plain's) for a layer's weight and bias: ``rows`` of ours (then ``view`` of
+    the weight) correspond to plain's tensors."""
+    def weight_view(t):
+        return t[rows] if view is None else view(t[rows])
+    return [(f"{name}.weight", ours.weight, weight_view, theirs.weight),
+            (f"{name}.bias", ours.bias, lambda t: t[rows], theirs.bias)]
+
+
+def actor_pairs(name: str, actor, plain_actor: Actor) -> list:
+    """Our ``TanhGaussianActor`` against the plain ``Actor``: our one head layer holds the mean's
+    rows [:A] and the log-std's rows [A:] (plain's ``mu_head`` and ``sigma_head``)."""
+    first, second, heads = actor.linears
+    a = actor.action_dim
+    return (linear_pairs(f"{name}.fc1", first, plain_actor.fc1) + linear_pairs(f"{name}.fc2", second, plain_actor.fc2)
+            + linear_pairs(f"{name}.mean", heads, plain_actor.mu_head, rows=slice(None, a))
+            + linear_pairs(f"{name}.log_std", heads, plain_actor.sigma_head, rows=slice(a, None)))
+
+
 def parameter_pairs(module: OMIGA, plain: PlainOMIGA) -> list[tuple[str, torch.Tensor, object, torch.Tensor]]:
     """(name, ours, view, plain's) for every online and target parameter: ``view(ours)`` (and
     ``view(ours.grad)``) is what corresponds to plain's tensor. Our actor computes its mean and
     log-std heads as one layer (rows [:A] and [A:]); our Q's first layer orders its inputs [obs,
     action, id], the plain loop's [obs, id, action]."""
-    pairs = []
+    pairs = actor_pairs("actor", module.actor, plain._policy_network)
 
-    def linear(name, ours: nn.Linear, theirs: nn.Linear, view=None, rows=None):
-        def part(t, view=view, rows=rows):
-            t = t if rows is None else t[rows]
-            return t if view is None else view(t)
-        pairs.append((f"{name}.weight", ours.weight, part, theirs.weight))
-        pairs.append((f"{name}.bias", ours.bias, (lambda t, rows=rows: t if rows is None else t[rows]), theirs.bias))
+    def linear(name, ours: nn.Linear, theirs: nn.Linear, view=None):
+        pairs.extend(linear_pairs(name, ours, theirs, view))
 
-    a = plain._policy_network
-    first, second, heads = module.actor.linears
-    linear("actor.fc1", first, a.fc1)
-    linear("actor.fc2", second, a.fc2)
-    linear("actor.mean", heads, a.mu_head, rows=slice(None, ACTION_DIM))
-    linear("actor.log_std", heads, a.sigma_head, rows=slice(ACTION_DIM, None))
     for name, ours, theirs, last in (("q", module.q, plain._q_network, "q_value"),
                                      ("q_target", module.q_target, plain._q_target_network, "q_value"),
                                      ("v", module.v, plain._v_network, "state_value"),

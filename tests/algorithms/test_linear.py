@@ -45,12 +45,13 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 @needs_onednn
-@pytest.mark.parametrize("shape, relu", [((128, 3, 256), False), ((128, 3, 256), True), ((384, 20), True)])
-def test_linear_matches_float64_in_values_and_every_gradient(shape, relu):
+@pytest.mark.parametrize("shape, relu, with_bias", [((128, 3, 256), False, True), ((128, 3, 256), True, True),
+                                                     ((384, 20), True, True), ((384, 256), True, False)])
+def test_linear_matches_float64_in_values_and_every_gradient(shape, relu, with_bias):
     torch.manual_seed(0)
     x = torch.randn(*shape, requires_grad=True)
     weight = torch.randn(256, shape[-1], requires_grad=True)
-    bias = torch.randn(256, requires_grad=True)
+    bias = torch.randn(256, requires_grad=True) if with_bias else None
     assert uses_onednn(x, weight)
     with OpNames() as ops:
         out = linear(x, weight, bias, relu=relu)
@@ -59,7 +60,7 @@ def test_linear_matches_float64_in_values_and_every_gradient(shape, relu):
     grad = torch.randn_like(out)
     out.backward(grad)
 
-    x64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x, weight, bias))
+    x64, w64, b64 = (None if t is None else t.detach().double().requires_grad_(True) for t in (x, weight, bias))
     reference = F.linear(x64, w64, b64)
     reference = reference.relu() if relu else reference
     reference.backward(grad.double())
@@ -67,7 +68,8 @@ def test_linear_matches_float64_in_values_and_every_gradient(shape, relu):
     assert relative_error(out, reference) < 1e-5
     with torch.no_grad():  # nothing to differentiate: the same values without the autograd.Function
         torch.testing.assert_close(linear(x, weight, bias, relu=relu), out.detach())
-    for mine, theirs in ((x.grad, x64.grad), (weight.grad, w64.grad), (bias.grad, b64.grad)):
+    pairs = [(x.grad, x64.grad), (weight.grad, w64.grad)] + ([(bias.grad, b64.grad)] if with_bias else [])
+    for mine, theirs in pairs:
         assert relative_error(mine, theirs) < 1e-5
 
 
