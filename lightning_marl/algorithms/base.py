@@ -11,6 +11,7 @@ plugin hook calls, logging every N steps and checkpoint state.
 from __future__ import annotations
 
 import copy
+import math
 import time
 
 import lightning as L
@@ -227,7 +228,7 @@ class OfflineMARLModule(L.LightningModule):
                                 f"{sorted(required)} (and at most {sorted(self.group_parameters)})")
         groups = [name for name in self.group_parameters if name in losses]
         total = sum(losses.values())
-        if not torch.isfinite(total):
+        if not math.isfinite(total.item()):  # one scalar read (isfinite is four operations on a 0-d tensor)
             bad = [name for name, value in losses.items() if not torch.isfinite(value)]
             raise TrainingError(
                 f"non-finite loss {', '.join(bad)} at iteration {self.iteration}; nothing was updated "

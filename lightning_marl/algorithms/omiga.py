@@ -70,7 +70,7 @@ class OMIGA(OfflineMARLModule):
         """Q_i(o_i, a_i): [B, N]."""
         if self.spec.discrete:
             return net(observation).gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        return net(torch.cat([observation, action], dim=-1)).squeeze(-1)
+        return net(observation, action).squeeze(-1)
 
     def agent_q_values(self, net, batch) -> torch.Tensor:
         """Q_i(o_i, a_i) at the dataset's actions, [B, N] (recurrent: [B, T, N], unrolled over the slices)."""

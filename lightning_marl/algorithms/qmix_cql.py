@@ -45,7 +45,44 @@ def cql_gap(values: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | Non
         >>> cql_gap(values, torch.tensor([[0]]), mask)              # log(e + e^2) - 1
         tensor([[1.3133]])
     """
-    return masked(values, mask).logsumexp(-1) - chosen(values, action)
+    if torch.is_grad_enabled() and values.requires_grad:
+        return _CQLGap.apply(values, action, mask)
+    return _cql_gap(values, action, mask)[0]
+
+
+def _cql_gap(values: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None):
+    """The gap (at least float32) and, for the backward, exp(masked values - their max), its sum over
+    actions and the action indices [..., N, 1]."""
+    values = values.to(torch.promote_types(values.dtype, torch.float32))
+    available = masked(values, mask)
+    # A row without available actions: its max is -inf; clamped, its logsumexp stays -inf (as torch's).
+    top = available.amax(-1, keepdim=True).clamp_(min=torch.finfo(values.dtype).min)
+    weights = (available - top).exp_()
+    total = weights.sum(-1, keepdim=True)
+    index = action.unsqueeze(-1)
+    gap = (total.log() + top - values.gather(-1, index)).squeeze(-1)
+    return gap, weights, total, index
+
+
+class _CQLGap(torch.autograd.Function):
+    """``cql_gap`` as one autograd node: its gradient is softmax over available actions minus the
+    one-hot of the data action, from the exponentials the forward computed (the logsumexp,
+    masking and gather would otherwise each record their own backward)."""
+
+    @staticmethod
+    def forward(ctx, values, action, mask):
+        gap, weights, total, index = _cql_gap(values, action, mask)
+        ctx.save_for_backward(weights, total, index)
+        ctx.dtype = values.dtype
+        return gap
+
+    @staticmethod
+    def backward(ctx, grad):
+        weights, total, index = ctx.saved_tensors
+        grad = grad.unsqueeze(-1)
+        grad_values = weights * (grad / total)
+        grad_values.scatter_add_(-1, index, -grad)
+        return grad_values.to(ctx.dtype), None, None
 
 
 @dataclass
@@ -129,10 +166,20 @@ class QMIXCQL(OfflineMARLModule):
         q, mixer = copy.deepcopy(self.q), copy.deepcopy(self.mixer)
         return q.requires_grad_(False), mixer.requires_grad_(False)
 
+    def online_values(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The online network's Q_i(o_i, .) (with gradients) and Q_i(o'_i, .) (without; None for a
+        recurrent network), [..., N, K] each, from one pass over o and o' (``AgentMLP.pair``)."""
+        if self.recurrent or not hasattr(self.q, "pair"):  # a recurrent (or user-substituted) network
+            return self.agent_values(self.q, batch), None
+        observation, next_observation = batch.get(schema.OBS), batch.get(schema.NEXT_OBS)
+        return self.q.pair(self.normalise_observation(observation), self.normalise_observation(next_observation))
+
     @torch.no_grad()
-    def next_value(self, batch) -> torch.Tensor:
-        """Double Q: Q̄_tot(s', a') [B, 1] at a'_i = argmax over available actions of Q_i(o'_i, .)."""
-        next_action = greedy(self.agent_values(self.q, batch, next=True), self.action_mask(batch, next=True))
+    def next_value(self, batch, online_next: torch.Tensor | None = None) -> torch.Tensor:
+        """Double Q: Q̄_tot(s', a') [B, 1] at a'_i = argmax over available actions of Q_i(o'_i, .)
+        (``online_next``: those online values when already computed)."""
+        online_next = self.agent_values(self.q, batch, next=True) if online_next is None else online_next
+        next_action = greedy(online_next, self.action_mask(batch, next=True))
         return self.q_tot(batch, self.q_target, self.mixer_target, next_action, next=True)
 
     @torch.no_grad()
@@ -150,9 +197,9 @@ class QMIXCQL(OfflineMARLModule):
         return self.rows(batch, gap).mean()
 
     def losses(self, batch, intermediates: dict | None = None):
+        values, online_next = self.online_values(batch)
         with torch.no_grad():
-            target = self.critic_target(batch, self.td_target(batch))
-        values = self.agent_values(self.q, batch)
+            target = self.critic_target(batch, self.td_target(batch, self.next_value(batch, online_next)))
         q_tot = self.mixer.mix_values(chosen(values, batch.get(schema.ACTION)), self.mixer_state(batch))
         td_loss = self.rows(batch, (q_tot - target) ** 2).mean()
         penalty = self.conservative_penalty(batch, values, intermediates)

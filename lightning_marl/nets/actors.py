@@ -52,13 +52,7 @@ class TanhGaussianActor(nn.Module):
 
     def log_prob(self, observation: torch.Tensor, action: torch.Tensor, mask=None) -> torch.Tensor:
         """log pi_i(a_i | o_i) for dataset actions in [-1, 1]: [..., N, A] -> [..., N] (no masks here)."""
-        mean, log_std = self(observation)
-        # float32 on purpose: in bfloat16 the clamp bound rounds to 1 and atanh gives inf.
-        mean, log_std = mean.float(), log_std.float()
-        u = torch.atanh(action.float().clamp(-ACTION_CLAMP, ACTION_CLAMP))
-        gaussian = -((u - mean) ** 2) / (2 * torch.exp(2 * log_std)) - log_std - 0.5 * math.log(2 * math.pi)
-        squash = 2 * (math.log(2) - u - F.softplus(-2 * u))
-        return (gaussian - squash).sum(-1)
+        return tanh_gaussian_log_prob(self.net(observation), action)
 
     def act(self, observation: torch.Tensor, mask=None, deterministic: bool = True,
             generator: torch.Generator | None = None) -> torch.Tensor:
@@ -68,6 +62,65 @@ class TanhGaussianActor(nn.Module):
             return torch.tanh(mean)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return torch.tanh(mean + log_std.exp() * noise)
+
+
+def tanh_gaussian_log_prob(heads: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """log pi(a | .) of dataset actions ``action`` [..., A] in [-1, 1] under the tanh-Gaussian whose
+    raw heads ``heads`` [..., 2A] (mean, then log-std, before their clamps) a ``TanhGaussianActor``'s
+    network outputs: [..., 2A], [..., A] -> [..., ] (METHODS.md §1).
+
+    The action is clamped to ±(1 − 1e-7) before atanh, the mean to [−9, 9] and the log-std to
+    [−5, 2]; everything is computed in float32 (in bfloat16 the action's clamp bound rounds to 1
+    and atanh gives inf). With gradients it is one autograd node with a hand-written backward
+    (~15 operations instead of ~60; the derivatives are d/dmean = (u − mean)/var and
+    d/dlog_std = (u − mean)²/var − 1, zero where a clamp is active, as ``clamp``'s own are).
+
+    Example:
+        >>> heads = torch.tensor([[0.0, 0.0]])        # mean 0, log-std 0: a standard normal before tanh
+        >>> tanh_gaussian_log_prob(heads, torch.tensor([[0.0]]))   # log N(0; 0, 1) + log|d atanh/da| at 0
+        tensor([-0.9189])
+    """
+    if torch.is_grad_enabled() and heads.requires_grad:
+        return _TanhGaussianLogProb.apply(heads, action)
+    return _tanh_gaussian_log_prob(heads, action)[0]
+
+
+def _tanh_gaussian_log_prob(heads: torch.Tensor, action: torch.Tensor):
+    """The log-probability [...] and, for the backward, the clamped (u - mean)/var, (u - mean)^2/var
+    and the raw heads' clamp masks."""
+    heads = heads.float()
+    size = action.shape[-1]
+    mean = heads[..., :size].clamp(-MEAN_CLAMP, MEAN_CLAMP)
+    log_std = heads[..., size:].clamp(LOG_STD_MIN, LOG_STD_MAX)
+    u = torch.atanh(action.float().clamp(-ACTION_CLAMP, ACTION_CLAMP))
+    diff = u - mean
+    scaled = diff * torch.exp(-2 * log_std)  # (u - mean) / var
+    squared = scaled * diff  # (u - mean)^2 / var
+    squash = 2 * (math.log(2) - u - F.softplus(-2 * u))  # log |d tanh(u) / du|
+    terms = squared.mul(-0.5).sub_(log_std).sub_(squash)
+    value = terms.sum(-1) - size * 0.5 * math.log(2 * math.pi)
+    return value, scaled, squared, mean, log_std
+
+
+class _TanhGaussianLogProb(torch.autograd.Function):
+    """``tanh_gaussian_log_prob`` as one autograd node (the action gets no gradient)."""
+
+    @staticmethod
+    def forward(ctx, heads, action):
+        value, scaled, squared, mean, log_std = _tanh_gaussian_log_prob(heads, action)
+        ctx.save_for_backward(heads, scaled, squared, mean, log_std)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad):
+        heads, scaled, squared, mean, log_std = ctx.saved_tensors
+        size = scaled.shape[-1]
+        raw = heads.float()
+        grad = grad.unsqueeze(-1)
+        # Where a clamp is active its output equals its bound, not its input: zero gradient.
+        grad_heads = torch.cat([(scaled * grad).mul_(mean == raw[..., :size]),
+                                (squared - 1).mul_(grad).mul_(log_std == raw[..., size:])], -1)
+        return grad_heads.to(heads.dtype), None
 
 
 class CategoricalActor(nn.Module):

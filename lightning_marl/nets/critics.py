@@ -66,7 +66,7 @@ class AgentQ(nn.Module):
             values = self.all_actions(observation, members, frozen)
             index = action.unsqueeze(-1).expand(values.shape[0], *action.shape, 1)
             return values.gather(-1, index).squeeze(-1)
-        x = with_agent_ids(torch.cat([observation, action], dim=-1), self.agent_ids)
+        x = with_agent_ids((observation, action), self.agent_ids)
         return self.net(x, members, frozen).squeeze(-1)
 
 

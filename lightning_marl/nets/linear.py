@@ -26,6 +26,7 @@ that keeps float32 accuracy on this CPU (``onednn_matmul_keeps_float32``).
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 
@@ -231,28 +232,42 @@ class _OneDNNMLP(torch.autograd.Function):
     One node instead of one per layer (plus the reshapes and the last layer's addmm) saves the
     autograd engine's and the Python function's per-node costs, and the backward of a layer with
     one output (a value head) is a broadcast product instead of MKL's outer product.
-    Arguments: ``x, relu_last, *weights_and_biases`` (alternating; a bias may be None). ``linear``
-    runs a single layer through it."""
+    Arguments: ``x, relu_last, frozen_from, *weights_and_biases`` (alternating; a bias may be None).
+    ``frozen_from`` None: one output. An int r: the network runs once over all of x's rows and
+    returns two outputs, the rows before index r of dimension 0 (differentiated) and the rows from
+    r on (not differentiated: nothing of theirs is kept for the backward). ``linear`` runs a
+    single layer through it."""
 
     @staticmethod
-    def forward(ctx, x, relu_last, *parameters):
+    def forward(ctx, x, relu_last, frozen_from, *parameters):
         weights, biases = parameters[0::2], parameters[1::2]
         activations = mlp_forward(x.reshape(-1, x.shape[-1]), weights, biases, relu_last)
-        ctx.save_for_backward(*activations, *weights)
+        out = activations[-1].view(*x.shape[:-1], -1)
         ctx.relu_last, ctx.input_shape = relu_last, x.shape
-        out = activations[-1]
-        return out.view(*x.shape[:-1], out.shape[-1])
+        if frozen_from is None:
+            ctx.save_for_backward(*activations, *weights)
+            return out
+        rows = frozen_from * math.prod(x.shape[1:-1])  # flattened rows before frozen_from
+        ctx.save_for_backward(*(a[:rows] for a in activations), *weights)
+        ctx.input_shape, ctx.frozen_shape = (frozen_from, *x.shape[1:]), (x.shape[0] - frozen_from, *x.shape[1:])
+        live, frozen = out[:frozen_from], out[frozen_from:]
+        ctx.mark_non_differentiable(frozen)
+        return live, frozen
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, *frozen_grad):
         saved = ctx.saved_tensors
         layers = (len(saved) - 1) // 2
         activations, weights = saved[:layers + 1], saved[layers + 1:]
         needs = ctx.needs_input_grad
         grad_x, weight_grads, bias_grads = mlp_backward(
-            grad.reshape(-1, grad.shape[-1]), activations, weights, ctx.relu_last, needs[0], needs[2::2], needs[3::2])
+            grad.reshape(-1, grad.shape[-1]), activations, weights, ctx.relu_last, needs[0], needs[3::2], needs[4::2])
         grads = [t for pair in zip(weight_grads, bias_grads) for t in pair]
-        return (grad_x.view(ctx.input_shape) if grad_x is not None else None, None, *grads)
+        if grad_x is not None and len(frozen_grad):  # x's frozen rows get no gradient
+            grad_x = torch.cat([grad_x.view(ctx.input_shape), grad_x.new_zeros(ctx.frozen_shape)])
+        elif grad_x is not None:
+            grad_x = grad_x.view(ctx.input_shape)
+        return (grad_x, None, None, *grads)
 
 
 def relu_mlp(x: torch.Tensor, weights_and_biases, relu_last: bool = False) -> torch.Tensor:
@@ -267,7 +282,7 @@ def relu_mlp(x: torch.Tensor, weights_and_biases, relu_last: bool = False) -> to
         >>> torch.allclose(relu_mlp(x, parameters), layers[1](layers[0](x).relu()), atol=1e-6)
         True
     """
-    return _OneDNNMLP.apply(x, relu_last, *weights_and_biases)
+    return _OneDNNMLP.apply(x, relu_last, None, *weights_and_biases)
 
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -292,7 +307,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if uses_onednn(x, weight):
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                         or (bias is not None and bias.requires_grad)):
-            return _OneDNNMLP.apply(x, relu, weight, bias)  # a one-layer MLP
+            return _OneDNNMLP.apply(x, relu, None, weight, bias)  # a one-layer MLP
         # Nothing to differentiate (target networks, evaluation): no autograd.Function overhead.
         return _forward(x.reshape(-1, x.shape[-1]), weight, bias, relu).view(*x.shape[:-1], weight.shape[0])
     out = F.linear(x, weight, bias)
@@ -345,6 +360,26 @@ class ReLUMLP(MLP):
         for index, relu in self._plan:
             x = self[index](x, relu)  # a module call, so hooks on the layers still fire
         return x
+
+    def pair(self, x: torch.Tensor, frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(self(x), self(frozen))``, the second computed without gradients (a TD target's next
+        observation beside the loss's current one). On the fused route both go through the
+        network as one pass over their rows (one product per layer instead of two); only ``x``'s
+        rows are kept for the backward. ``x`` and ``frozen`` differ at most in dimension 0."""
+        if self._fused(x) and x.shape[1:] == frozen.shape[1:]:
+            return self.joint_pair(torch.cat([x, frozen]), x.shape[0])
+        return self._separate_pair(x, frozen)
+
+    def joint_pair(self, joint: torch.Tensor, frozen_from: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pair`` of ``joint[:frozen_from]`` and ``joint[frozen_from:]`` (already concatenated)."""
+        if self._fused(joint):
+            return _OneDNNMLP.apply(joint, self._plan[-1][1], frozen_from, *self._weights_and_biases())
+        return self._separate_pair(joint[:frozen_from], joint[frozen_from:])
+
+    def _separate_pair(self, x: torch.Tensor, frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        live = self(x)
+        with torch.no_grad():
+            return live, self(frozen)
 
     def _weights_and_biases(self) -> list[torch.Tensor]:
         return [t for index, _ in self._plan for t in (self[index].weight, self[index].bias)]

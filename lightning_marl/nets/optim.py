@@ -110,15 +110,17 @@ class ClippedAdam(torch.optim.Adam):
         return loss
 
 
-_LENGTHS: dict = {}
+_GROUP_INDICES: dict = {}
 
 
-def _lengths_tensor(lengths: list[int], device: torch.device) -> Tensor:
-    """``lengths`` as a tensor on ``device``, made once (no host-to-device copy per step)."""
+def _group_index(lengths: list[int], device: torch.device) -> Tensor:
+    """Each parameter's group number (groups hold consecutive runs of ``lengths`` parameters), made
+    once per layout and device (no host-to-device copy per step). ``index_add_`` with it sums
+    squared norms per group; ``segment_reduce`` costs a few times as much on the CPU."""
     key = (tuple(lengths), device)
-    if key not in _LENGTHS:
-        _LENGTHS[key] = torch.tensor(lengths, device=device)
-    return _LENGTHS[key]
+    if key not in _GROUP_INDICES:
+        _GROUP_INDICES[key] = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(device)
+    return _GROUP_INDICES[key]
 
 
 def clip_group_gradients(groups: list[list[Tensor]], max_norm: float) -> tuple[list[Tensor], list[Tensor]]:
@@ -144,7 +146,8 @@ def clip_group_gradients(groups: list[list[Tensor]], max_norm: float) -> tuple[l
     if not grads:
         return list(torch.zeros(len(groups)).unbind()), list(torch.ones(len(groups)).unbind())
     per_parameter = torch.stack(torch._foreach_norm(grads))
-    squares = torch.segment_reduce(per_parameter.square(), "sum", lengths=_lengths_tensor(lengths, per_parameter.device))
-    norms = squares.sqrt()
-    scales = torch.clamp(max_norm / (norms + 1e-6), max=1.0).reciprocal()
+    index = _group_index(lengths, per_parameter.device)
+    norms = per_parameter.new_zeros(len(lengths)).index_add_(0, index, per_parameter.square()).sqrt_()
+    # 1 / clip coefficient, where the coefficient is min(1, max_norm / (norm + 1e-6))
+    scales = norms.add(1e-6).div_(max_norm).clamp_(min=1.0)
     return list(norms.unbind()), list(scales.unbind())

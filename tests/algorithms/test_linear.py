@@ -178,6 +178,37 @@ def test_relu_mlp_as_one_node_equals_the_layers_in_values_and_gradients(relu_las
         assert relative_error(x.grad, x_layers.grad.double()) < 1e-5
 
 
+@pytest.mark.parametrize("fused_route", [True, False])
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_pair_runs_both_inputs_in_one_pass_and_differentiates_the_first_only(fused_route, input_grad, monkeypatch):
+    from lightning_marl.nets import AgentMLP
+
+    if fused_route and not onednn_route_enabled():
+        pytest.skip("the oneDNN route is off on this machine")
+    torch.manual_seed(0)
+    net = AgentMLP(17, 9, 3, (256, 256))
+    separate = copy.deepcopy(net)
+    if not fused_route:
+        _layer_by_layer(net.net, monkeypatch)
+    x = torch.randn(128, 3, 17, requires_grad=input_grad)
+    frozen_input = torch.randn(96, 3, 17)
+    live, frozen = net.pair(x, frozen_input)
+    assert (type(live.grad_fn).__name__ == "_OneDNNMLPBackward") == fused_route
+    assert not frozen.requires_grad and frozen.shape == (96, 3, 9)
+    x_separate = x.detach().clone().requires_grad_(input_grad)
+    expected = separate(x_separate)
+    torch.testing.assert_close(live, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen, separate(frozen_input), rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(live)
+    live.backward(grad)
+    expected.backward(grad)
+    for a, b in zip(net.parameters(), separate.parameters(), strict=True):
+        assert relative_error(a.grad, b.grad.double()) < 1e-5
+    if input_grad:
+        assert relative_error(x.grad, x_separate.grad.double()) < 1e-5
+
+
 @needs_onednn
 def test_relu_mlp_with_frozen_weights_reaches_the_input_only():
     from lightning_marl.nets.functional import call_with_frozen_params

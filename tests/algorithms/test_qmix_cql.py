@@ -8,7 +8,7 @@ from doubles import TableQ
 from tensordict import TensorDict
 from torch import nn
 
-from lightning_marl.algorithms.qmix_cql import QMIXCQL, greedy
+from lightning_marl.algorithms.qmix_cql import QMIXCQL, cql_gap, greedy
 from lightning_marl.collect.matrix import matrix_game_transitions
 from lightning_marl.data import schema
 from lightning_marl.data.datamodule import OfflineDataModule
@@ -71,6 +71,43 @@ def test_cql_penalty_excludes_unavailable_actions():
     ])
     torch.testing.assert_close(parts["cql_gap"], expected)
     assert parts["penalty"].item() == pytest.approx(expected.mean().item(), rel=1e-6)
+
+
+def test_cql_gap_as_one_node_equals_autograds_logsumexp_in_values_and_gradients():
+    torch.manual_seed(0)
+    values = torch.randn(32, 3, 9, dtype=torch.float64) * 5
+    action = torch.randint(9, (32, 3))
+    mask = torch.rand(32, 3, 9) < 0.6
+    mask.scatter_(-1, action.unsqueeze(-1), True)
+    weights = torch.randn(32, 3, dtype=torch.float64)
+    fused = values.clone().requires_grad_()
+    gap = cql_gap(fused, action, mask)
+    assert type(gap.grad_fn).__name__ == "_CQLGapBackward"
+    (gap * weights).sum().backward()
+    plain = values.clone().requires_grad_()
+    expected = plain.masked_fill(~mask, float("-inf")).logsumexp(-1) - plain.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(gap, expected)
+    torch.testing.assert_close(fused.grad, plain.grad)
+    assert (fused.grad[~mask] == 0).all()
+    assert torch.autograd.gradcheck(lambda v: cql_gap(v, action[:4], mask[:4]), (values[:4].clone().requires_grad_(),))
+    # float32 values give a float32 gap; a row without available actions gives -inf, as torch's logsumexp
+    empty = torch.zeros(1, 1, 9, dtype=torch.bool)
+    assert cql_gap(torch.ones(1, 1, 9), torch.zeros(1, 1, dtype=torch.long), empty).item() == float("-inf")
+    assert cql_gap(values.float(), action, None).dtype == torch.float32
+
+
+def test_online_values_of_o_and_next_o_come_from_one_pass_and_match_separate_calls():
+    torch.manual_seed(0)
+    batch, spec = matrix_game_transitions("climbing", [(0, 0), (1, 2)], [0.5, 0.5], n=64)
+    module = QMIXCQL.from_spec(spec, hidden=[256, 256], mixer_embed=8)
+    values, online_next = module.online_values(batch)
+    assert online_next is not None and not online_next.requires_grad
+    assert type(values.grad_fn).__name__ == "_OneDNNMLPBackward"  # the fused route ran
+    torch.testing.assert_close(values, module.agent_values(module.q, batch))
+    with torch.no_grad():
+        torch.testing.assert_close(online_next, module.agent_values(module.q, batch, next=True))
+        torch.testing.assert_close(module.next_value(batch, online_next), module.next_value(batch))
 
 
 def test_double_q_target_uses_online_argmax_over_available_next_actions():
