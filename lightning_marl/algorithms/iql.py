@@ -79,6 +79,16 @@ class IQL(OfflineMARLModule):
         v = self.v(x)
         return v if self.config.centralised else v.squeeze(-1)
 
+    def values(self, x: torch.Tensor, x_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """V at ``x`` (with gradients) and at ``x_next`` (without, for the TD target), as ``value``
+        shapes them; one pass of V over both where the network offers ``pair``."""
+        if not hasattr(self.v, "pair"):
+            v = self.value(x)
+            with torch.no_grad():
+                return v, self.value(x_next)
+        v, v_next = self.v.pair(x, x_next)
+        return (v, v_next) if self.config.centralised else (v.squeeze(-1), v_next.squeeze(-1))
+
     def advantage_weight(self, advantage: torch.Tensor) -> torch.Tensor:
         """min(exp(beta·A), max_weight), computed without overflowing."""
         c = self.config
@@ -88,15 +98,15 @@ class IQL(OfflineMARLModule):
         c = self.config
         observation, action = batch.get(schema.OBS), batch.get(schema.ACTION)
         x, x_next = self.critic_inputs(batch), self.critic_inputs(batch, next=True)
+        v, v_next = self.values(x, x_next)
         with torch.no_grad():
             q_bar = self.q_target(x, action).min(0).values
-            target = batch.get(schema.REWARD) + c.gamma * self.not_terminated(batch) * self.value(x_next)
+            target = batch.get(schema.REWARD) + c.gamma * self.not_terminated(batch) * v_next
             target = self.critic_target(batch, target)
 
         q = self.q(x, action)
         q_loss = ((q - target) ** 2).sum(0).mean()  # the twin critics' squared errors, summed
 
-        v = self.value(x)
         v_loss = expectile_loss(q_bar - v, c.expectile)
 
         weight = self.advantage_weight(q_bar - v.detach())  # [B, N], or [B, 1] shared by the agents

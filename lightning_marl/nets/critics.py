@@ -118,6 +118,10 @@ class StateValue(nn.Module):
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.net(state)
 
+    def pair(self, state: torch.Tensor, frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(self(state), self(frozen))``, the second without gradients, in one pass (``ReLUMLP.pair``)."""
+        return self.net.pair(state, frozen)
+
 
 def central_critics(spec, hidden=(256, 256), n_critics: int = 2) -> tuple[CentralQ, StateValue]:
     """Twin Q(s, a) and V(s) for a task; s is the mixer state (``spec.mixer_state_dim``: the

@@ -357,6 +357,11 @@ class ReLUMLP(MLP):
         x = torch.cat(inputs, -1) if len(inputs) > 1 else inputs[0]
         if self._fused(x):
             return relu_mlp(x, self._weights_and_biases(), relu_last=self._plan[-1][1])
+        if self._direct(x):  # nothing to differentiate: the same products without per-layer reshapes
+            weights_and_biases = self._weights_and_biases()
+            out = mlp_forward(x.reshape(-1, x.shape[-1]), weights_and_biases[0::2], weights_and_biases[1::2],
+                              self._plan[-1][1])[-1]
+            return out.view(*x.shape[:-1], out.shape[-1])
         for index, relu in self._plan:
             x = self[index](x, relu)  # a module call, so hooks on the layers still fire
         return x
@@ -384,6 +389,15 @@ class ReLUMLP(MLP):
     def _weights_and_biases(self) -> list[torch.Tensor]:
         return [t for index, _ in self._plan for t in (self[index].weight, self[index].bias)]
 
+    def _direct(self, x: torch.Tensor) -> bool:
+        """Whether a call that records no gradient runs ``mlp_forward`` directly: on the oneDNN
+        route and with no hooks on the layers to honour."""
+        return (uses_onednn(x, self[self._widest].weight) and not self._hooked()
+                and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))))
+
+    def _hooked(self) -> bool:
+        return any(self[index]._forward_hooks or self[index]._forward_pre_hooks for index, _ in self._plan)
+
     def _fused(self, x: torch.Tensor) -> bool:
         """Whether the whole network runs as one autograd node (``_OneDNNMLP``): on the oneDNN
         route, while recording gradients, and with no hooks on the layers to honour."""
@@ -391,4 +405,4 @@ class ReLUMLP(MLP):
             return False
         if not (x.requires_grad or any(p.requires_grad for p in self.parameters())):
             return False
-        return not any(self[index]._forward_hooks or self[index]._forward_pre_hooks for index, _ in self._plan)
+        return not self._hooked()

@@ -231,12 +231,35 @@ def test_relu_mlp_with_frozen_weights_reaches_the_input_only():
 
 
 @needs_onednn
+def test_without_gradients_the_products_run_directly_and_equal_the_layers(monkeypatch):
+    import lightning_marl.nets.linear as linear_module
+
+    torch.manual_seed(0)
+    net = ReLUMLP(21, 4, [256, 256])
+    x = torch.randn(128, 3, 21)
+    calls = []
+    original = linear_module.mlp_forward
+    monkeypatch.setattr(linear_module, "mlp_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    with torch.no_grad():
+        out = net(x)
+        layers = copy.deepcopy(net)
+        _layer_by_layer(layers, monkeypatch)
+        monkeypatch.setattr(layers, "_direct", lambda x: False)
+        expected = layers(x)
+    assert calls == [1] and out.shape == (128, 3, 4)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
 def test_a_hook_on_a_layer_runs_the_layers_one_by_one_and_fires():
     net = ReLUMLP(21, 1, [256, 256])
     seen = []
     net[0].register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
     out = net(torch.randn(384, 21, requires_grad=True))
     assert seen == [torch.Size([384, 256])] and type(out.grad_fn).__name__ != "_OneDNNMLPBackward"
+    with torch.no_grad():
+        net(torch.randn(384, 21))
+    assert len(seen) == 2, "the hook also fires without gradients"
 
 
 @pytest.mark.parametrize("rows, inputs, outputs", [(384, 21, 256), (384, 8, 256), (128, 21, 256), (384, 256, 256),
