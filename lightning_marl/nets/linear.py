@@ -252,10 +252,13 @@ class _OneDNNMLP(torch.autograd.Function):
         ctx.input_shape, ctx.frozen_shape = (frozen_from, *x.shape[1:]), (x.shape[0] - frozen_from, *x.shape[1:])
         live, frozen = out[:frozen_from], out[frozen_from:]
         ctx.mark_non_differentiable(frozen)
+        ctx.set_materialize_grads(False)  # the frozen output's gradient is never used: no zeros made for it
         return live, frozen
 
     @staticmethod
     def backward(ctx, grad, *frozen_grad):
+        if grad is None:  # only with frozen rows (gradients not materialised): the live output went unused
+            return (None,) * (len(ctx.needs_input_grad))
         saved = ctx.saved_tensors
         layers = (len(saved) - 1) // 2
         activations, weights = saved[:layers + 1], saved[layers + 1:]
