@@ -355,6 +355,10 @@ class ReLUMLP(MLP):
         self._plan = tuple((i, i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU))
                            for i, m in enumerate(modules) if isinstance(m, nn.Linear))
         self._widest = max((i for i, _ in self._plan), key=lambda i: self[i].weight.numel())
+        # Plain references (not registered twice; deepcopy maps them to the copies): indexing an
+        # nn.Sequential on every call costs more than the checks themselves.
+        self._linears = [modules[i] for i, _ in self._plan]
+        self._widest_position = [i for i, _ in self._plan].index(self._widest)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         x = torch.cat(inputs, -1) if len(inputs) > 1 else inputs[0]
@@ -390,22 +394,22 @@ class ReLUMLP(MLP):
             return live, self(frozen)
 
     def _weights_and_biases(self) -> list[torch.Tensor]:
-        return [t for index, _ in self._plan for t in (self[index].weight, self[index].bias)]
+        return [t for layer in self._linears for t in (layer.weight, layer.bias)]
+
+    def _records_gradients(self, x: torch.Tensor) -> bool:
+        return torch.is_grad_enabled() and (x.requires_grad or any(layer.weight.requires_grad or (
+            layer.bias is not None and layer.bias.requires_grad) for layer in self._linears))
 
     def _direct(self, x: torch.Tensor) -> bool:
         """Whether a call that records no gradient runs ``mlp_forward`` directly: on the oneDNN
         route and with no hooks on the layers to honour."""
-        return (uses_onednn(x, self[self._widest].weight) and not self._hooked()
-                and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))))
+        return uses_onednn(x, self._linears[self._widest_position].weight) and not self._hooked() and not self._records_gradients(x)
 
     def _hooked(self) -> bool:
-        return any(self[index]._forward_hooks or self[index]._forward_pre_hooks for index, _ in self._plan)
+        return any(layer._forward_hooks or layer._forward_pre_hooks for layer in self._linears)
 
     def _fused(self, x: torch.Tensor) -> bool:
         """Whether the whole network runs as one autograd node (``_OneDNNMLP``): on the oneDNN
         route, while recording gradients, and with no hooks on the layers to honour."""
-        if not torch.is_grad_enabled() or not uses_onednn(x, self[self._widest].weight):
-            return False
-        if not (x.requires_grad or any(p.requires_grad for p in self.parameters())):
-            return False
-        return not self._hooked()
+        return (torch.is_grad_enabled() and uses_onednn(x, self._linears[self._widest_position].weight) and not self._hooked()
+                and self._records_gradients(x))
