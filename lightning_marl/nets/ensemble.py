@@ -38,6 +38,15 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+def _members(weights, biases, members: int) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """Per member j < ``members``: its layers' weights [out, in] and biases [out] as views of the
+    stacked ``weights`` [K, in, out] and ``biases`` [K, 1, out] (two views per stacked tensor,
+    not one per member and layer)."""
+    member_weights = [w.transpose(1, 2).unbind(0) for w in weights]
+    member_biases = [b.select(1, 0).unbind(0) for b in biases]
+    return [([w[j] for w in member_weights], [b[j] for b in member_biases]) for j in range(members)]
+
+
 def _stacked_weight_gradient(grad: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     """A member's weight gradient as ``EnsembleLinear`` stores it, [in, out]: flat^T grad."""
     return transposed_product(flat, grad)
@@ -54,8 +63,8 @@ class _OneDNNEnsemble(torch.autograd.Function):
     def forward(ctx, flat, members, *stacked):
         weights, biases = stacked[0::2], stacked[1::2]
         outputs, saved = [], []
-        for j in range(members):
-            activations = mlp_forward(flat, [w[j].t() for w in weights], [b[j, 0] for b in biases])
+        for member_weights, member_biases in _members(weights, biases, members):
+            activations = mlp_forward(flat, member_weights, member_biases)
             saved.extend(activations[1:])
             outputs.append(activations[-1])
         ctx.save_for_backward(flat, *saved, *weights)
@@ -71,11 +80,13 @@ class _OneDNNEnsemble(torch.autograd.Function):
         grad_flat = None
         weight_grads = [[] for _ in range(layers)]
         bias_grads = [[] for _ in range(layers)]
+        member_weights = [w.transpose(1, 2).unbind(0) for w in weights]
+        member_grads = grad.unbind(0)
         for j in range(members):
             activations = [flat, *saved[1 + j * layers:1 + (j + 1) * layers]]
             grad_x, w_grads, b_grads = mlp_backward(
-                grad[j], activations, [w[j].t() for w in weights], False, needs[0], needs[2::2], needs[3::2],
-                weight_gradient=_stacked_weight_gradient)
+                member_grads[j], activations, [w[j] for w in member_weights], False, needs[0], needs[2::2],
+                needs[3::2], weight_gradient=_stacked_weight_gradient)
             if grad_x is not None:
                 grad_flat = grad_x if grad_flat is None else grad_flat + grad_x
             for i in range(layers):
@@ -132,6 +143,9 @@ class EnsembleMLP(nn.Module):
         if onednn and torch.is_grad_enabled() and (flat.requires_grad or not frozen):
             stacked = [t for layer in self.layers for t in self._parameters_of(layer, None, frozen)]
             out = _OneDNNEnsemble.apply(flat, k, *stacked)
+        elif onednn:  # nothing to differentiate: the members' products directly
+            stacked = [t for layer in self.layers for t in (layer.weight, layer.bias)]
+            out = torch.stack([mlp_forward(flat, w, b)[-1] for w, b in _members(stacked[0::2], stacked[1::2], k)])
         elif flat.shape[0] > self.loop_above_rows or onednn:
             out = torch.stack([self._member(flat, j, frozen) for j in range(k)])
         else:

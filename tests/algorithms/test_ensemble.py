@@ -6,6 +6,7 @@ from torch import nn
 
 from lightning_marl.nets.critics import AgentQ, CentralQ
 from lightning_marl.nets.ensemble import EnsembleMLP
+from lightning_marl.nets.linear import onednn_route_enabled
 
 
 def _separate_mlps(ensemble: EnsembleMLP) -> list[nn.Sequential]:
@@ -65,3 +66,26 @@ def test_central_twin_critics_are_independent(widths):
     action = torch.rand(6, 2, 2) if "action_dim" in widths else torch.randint(3, (6, 2))
     values = q(state, action)
     assert values.shape == (2, 6, 1) and not torch.allclose(values[0], values[1])  # different initial weights
+
+
+@pytest.mark.skipif(not onednn_route_enabled(), reason="the oneDNN route is off on this machine")
+@pytest.mark.parametrize("members", [1, 2])
+def test_onednn_route_with_and_without_gradients_equals_separate_networks(members):
+    torch.manual_seed(0)
+    ensemble = EnsembleMLP(members=2, in_features=21, out_features=1, hidden=(256, 256))
+    separate = _separate_mlps(ensemble)[:members]
+    x = torch.randn(128, 3, 21)
+    with torch.no_grad():
+        direct = ensemble(x, members=members)
+        for k, net in enumerate(separate):
+            torch.testing.assert_close(direct[k], net(x), rtol=1e-5, atol=1e-5)
+    out = ensemble(x, members=members)
+    assert type(out.grad_fn.next_functions[0][0]).__name__ == "_OneDNNEnsembleBackward"
+    torch.testing.assert_close(out, direct)
+    out.square().sum().backward()
+    sum(net(x).square().sum() for net in separate).backward()
+    for i, layer in enumerate(ensemble.layers):
+        for k, net in enumerate(separate):
+            torch.testing.assert_close(layer.weight.grad[k], net[2 * i].weight.grad.t(), rtol=1e-4, atol=1e-5)
+        if members < 2:
+            assert (layer.weight.grad[1] == 0).all()
