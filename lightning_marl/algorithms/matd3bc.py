@@ -91,7 +91,7 @@ class MATD3BC(OfflineMARLModule):
 
     def policy_q(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Q_1(o_i, a_i) [.., N] with the critic's weights frozen (the gradient reaches the action)."""
-        return self.q(observation, action, members=1, frozen=True)[0]
+        return self.q(observation, action, members=1, frozen=True).squeeze(0)  # a view: no select backward
 
     def actor_loss(self, batch, observation, intermediates: dict) -> torch.Tensor:
         pi = self.actor(observation)
