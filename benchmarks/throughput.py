@@ -597,6 +597,16 @@ def median(results: list[tuple[float, bool]]) -> tuple[float | None, bool]:
     return (statistics.median(values) if values else None), bool(clean)
 
 
+def per_round_ratios(numerator: list[tuple[float, bool]], denominator: list[tuple[float, bool]]) -> str:
+    """``a / b`` within each round (measured back to back, so machine drift cancels), then their
+    median: a paired figure beside the table's ratio of medians. Disturbed rounds are starred."""
+    pairs = [(a / b, a_ok and b_ok) for (a, a_ok), (b, b_ok) in zip(numerator, denominator) if a and b]
+    if not pairs:
+        return "—"
+    middle, clean = median(pairs)
+    return " ".join(fmt(r, ok, 2) for r, ok in pairs) + f" (median {fmt(middle, clean, 2)})"
+
+
 def fmt(value: float | None, clean: bool = True, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}" + ("" if clean else "*")
 
@@ -720,6 +730,10 @@ def main(argv=None) -> None:
           + ("" if load.available else " (not checked: no /proc)"))
     print("# * in a round line: disturbed even after the retries, left out of the medians; * in the table: no "
           "undisturbed measurement in any round, the median of disturbed ones (not to be trusted)")
+    for n, s in setups.items():
+        results = s["results"]
+        print(f"# {n} agents, ours / plain per round: {per_round_ratios(results['ours'], results['plain'])}"
+              + (f"; bf16 / plain: {per_round_ratios(results['bf16'], results['plain'])}" if results.get("bf16") else ""))
     print()
     print("| agents | ours steps/s | plain loop | ours / plain | reference-style loop | ours / reference "
           "| matmul floor | floor / plain | ours GFLOP/s | peak GFLOP/s | fraction of peak | of torch.mm's peak "
