@@ -154,6 +154,17 @@ def _layer_by_layer(net: ReLUMLP, monkeypatch) -> None:
     monkeypatch.setattr(net, "_fused", lambda x: False)
 
 
+def _assert_same_gradients(out, expected, net, reference, x, x_reference) -> None:
+    """One random output gradient through both: the parameters' (and a recording input's) gradients agree."""
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    for a, b in zip(net.parameters(), reference.parameters(), strict=True):
+        assert relative_error(a.grad, b.grad.double()) < 1e-5
+    if x.requires_grad:
+        assert relative_error(x.grad, x_reference.grad.double()) < 1e-5
+
+
 @needs_onednn
 @pytest.mark.parametrize("relu_last", [False, True])
 @pytest.mark.parametrize("input_grad", [False, True])
@@ -169,13 +180,7 @@ def test_relu_mlp_as_one_node_equals_the_layers_in_values_and_gradients(relu_las
     expected = layers(x_layers)
     assert type(expected.grad_fn).__name__ != "_OneDNNMLPBackward"
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(out)
-    out.backward(grad)
-    expected.backward(grad)
-    for a, b in zip(fused.parameters(), layers.parameters(), strict=True):
-        assert relative_error(a.grad, b.grad.double()) < 1e-5
-    if input_grad:
-        assert relative_error(x.grad, x_layers.grad.double()) < 1e-5
+    _assert_same_gradients(out, expected, fused, layers, x, x_layers)
 
 
 @pytest.mark.parametrize("fused_route", [True, False])
@@ -200,13 +205,7 @@ def test_pair_runs_both_inputs_in_one_pass_and_differentiates_the_first_only(fus
     torch.testing.assert_close(live, expected, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(frozen, separate(frozen_input), rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(live)
-    live.backward(grad)
-    expected.backward(grad)
-    for a, b in zip(net.parameters(), separate.parameters(), strict=True):
-        assert relative_error(a.grad, b.grad.double()) < 1e-5
-    if input_grad:
-        assert relative_error(x.grad, x_separate.grad.double()) < 1e-5
+    _assert_same_gradients(live, expected, net, separate, x, x_separate)
 
 
 @needs_onednn
