@@ -203,11 +203,17 @@ class OfflineMARLModule(L.LightningModule):
         """
         if self._rng is None or self._rng.device != self.device:
             self._rng = torch.Generator(device=self.device)
+        pending = self.__dict__.get("_rng_seed_iteration")
+        if pending is not None:
+            self.__dict__["_rng_seed_iteration"] = None
+            rank = self.global_rank if self._trainer is not None else 0
+            self._rng.manual_seed(sample_seed(self.seed, rank, pending) ^ 0x5EED)
         return self._rng
 
     def _seed_rng(self) -> None:
-        rank = self.global_rank if self._trainer is not None else 0
-        self.rng.manual_seed(sample_seed(self.seed, rank, self.iteration) ^ 0x5EED)
+        """Re-seed ``rng`` for this iteration, on its first use (most steps never draw from it, and
+        computing the seed costs more than the rest of the bookkeeping of a step)."""
+        self.__dict__["_rng_seed_iteration"] = self.iteration
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         """One training iteration: losses, one backward, clip, step every optimiser, targets.
