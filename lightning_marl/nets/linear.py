@@ -336,9 +336,11 @@ class Linear(nn.Linear):
 class ReLUMLP(MLP):
     """torchrl's ``MLP`` with ReLU activations (same layers, same state dict) whose large float32
     CPU products run in oneDNN, each hidden ReLU fused into the product before it. While gradients
-    are recorded the whole network is one autograd node (``relu_mlp``); otherwise, and whenever a
-    Linear layer carries a forward hook, each layer runs as its own module call (hooks fire). The
-    ``nn.ReLU`` modules stay (printing, torchrl's layout) but are not called: hooks on them do not fire.
+    are recorded the whole network is one autograd node (``relu_mlp``); without them its products
+    run directly (``mlp_forward``). Off that route, and whenever a Linear layer carries a forward
+    hook, each layer runs as its own module call (hooks fire). The ``nn.ReLU`` modules stay
+    (printing, torchrl's layout) but are not called: hooks on them do not fire. ``pair`` runs two
+    inputs in one pass, differentiating the first only.
 
     Example:
         >>> net = ReLUMLP(in_features=4, out_features=2, num_cells=[8, 8])
@@ -403,7 +405,8 @@ class ReLUMLP(MLP):
     def _direct(self, x: torch.Tensor) -> bool:
         """Whether a call that records no gradient runs ``mlp_forward`` directly: on the oneDNN
         route and with no hooks on the layers to honour."""
-        return uses_onednn(x, self._linears[self._widest_position].weight) and not self._hooked() and not self._records_gradients(x)
+        return (uses_onednn(x, self._linears[self._widest_position].weight) and not self._hooked()
+                and not self._records_gradients(x))
 
     def _hooked(self) -> bool:
         return any(layer._forward_hooks or layer._forward_pre_hooks for layer in self._linears)
@@ -411,5 +414,5 @@ class ReLUMLP(MLP):
     def _fused(self, x: torch.Tensor) -> bool:
         """Whether the whole network runs as one autograd node (``_OneDNNMLP``): on the oneDNN
         route, while recording gradients, and with no hooks on the layers to honour."""
-        return (torch.is_grad_enabled() and uses_onednn(x, self._linears[self._widest_position].weight) and not self._hooked()
-                and self._records_gradients(x))
+        return (torch.is_grad_enabled() and uses_onednn(x, self._linears[self._widest_position].weight)
+                and not self._hooked() and self._records_gradients(x))
