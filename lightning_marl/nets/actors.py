@@ -86,8 +86,8 @@ def tanh_gaussian_log_prob(heads: torch.Tensor, action: torch.Tensor) -> torch.T
 
 
 def _tanh_gaussian_log_prob(heads: torch.Tensor, action: torch.Tensor):
-    """The log-probability [...] and, for the backward, the clamped (u - mean)/var, (u - mean)^2/var
-    and the raw heads' clamp masks."""
+    """The log-probability [...] and, for the backward, (u - mean)/var, (u - mean)^2/var and the
+    clamped mean and log-std (compared with the raw heads there to find the active clamps)."""
     heads = heads.float()
     size = action.shape[-1]
     mean = heads[..., :size].clamp(-MEAN_CLAMP, MEAN_CLAMP)

@@ -143,9 +143,10 @@ class EnsembleMLP(nn.Module):
         if onednn and torch.is_grad_enabled() and (flat.requires_grad or not frozen):
             stacked = [t for layer in self.layers for t in self._parameters_of(layer, None, frozen)]
             out = _OneDNNEnsemble.apply(flat, k, *stacked)
-        elif onednn:  # nothing to differentiate: the members' products directly
+        elif onednn:  # nothing to differentiate (frozen weights, or no gradients): the members' products directly
             stacked = [t for layer in self.layers for t in (layer.weight, layer.bias)]
-            out = torch.stack([mlp_forward(flat, w, b)[-1] for w, b in _members(stacked[0::2], stacked[1::2], k)])
+            with torch.no_grad():
+                out = torch.stack([mlp_forward(flat, w, b)[-1] for w, b in _members(stacked[0::2], stacked[1::2], k)])
         elif flat.shape[0] > self.loop_above_rows or onednn:
             out = torch.stack([self._member(flat, j, frozen) for j in range(k)])
         else:

@@ -89,3 +89,10 @@ def test_onednn_route_with_and_without_gradients_equals_separate_networks(member
             torch.testing.assert_close(layer.weight.grad[k], net[2 * i].weight.grad.t(), rtol=1e-4, atol=1e-5)
         if members < 2:
             assert (layer.weight.grad[1] == 0).all()
+
+
+@pytest.mark.skipif(not onednn_route_enabled(), reason="the oneDNN route is off on this machine")
+def test_frozen_members_on_data_record_no_graph_and_no_weight_gradient():
+    ensemble = EnsembleMLP(members=2, in_features=21, out_features=1, hidden=(256, 256))
+    out = ensemble(torch.randn(128, 3, 21), frozen=True)  # gradients on, but nothing to differentiate
+    assert not out.requires_grad and out.grad_fn is None
