@@ -29,6 +29,8 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from lightning_marl.nets.linear import onednn_matmul_precision
+
 MATMULS = {
     torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
     torch.ops.aten.baddbmm.default, torch.ops.aten.mv.default, torch.ops.aten.addmv.default,
@@ -73,15 +75,11 @@ class _Recorder(TorchDispatchMode):
         kwargs = kwargs or {}
         self.names.append(str(func))
         if func in MATMULS:
+            # with oneDNN's float32 matmul setting (nets.linear.onednn_matmul changes it around weight
+            # gradients), restored on replay
             self.products.append((str(func), (func, [_layout(a) for a in args],
-                                              {k: _layout(v) for k, v in kwargs.items()}, _precision())))
+                                              {k: _layout(v) for k, v in kwargs.items()}, onednn_matmul_precision())))
         return func(*args, **kwargs)
-
-
-def _precision():
-    """oneDNN's float32 matmul setting (``nets.linear.onednn_matmul`` changes it around weight
-    gradients, routing ``torch.mm`` to oneDNN): recorded with each product, restored on replay."""
-    return getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", None)
 
 
 def _record(step, item) -> _Recorder:
@@ -134,7 +132,7 @@ class MatmulReplay:
         return counter.get_total_flops()
 
     def run_once(self) -> None:
-        initial = current = _precision()
+        initial = current = onednn_matmul_precision()
         for func, args, kwargs, precision in self.calls:
             if precision != current:
                 torch.backends.mkldnn.matmul.fp32_precision = current = precision

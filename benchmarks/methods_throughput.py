@@ -577,9 +577,7 @@ def main(argv=None) -> None:
     print("# * in a round line: disturbed even after the retries, left out of the medians; * in the table: no "
           "undisturbed measurement in any round, the median of disturbed ones (not to be trusted)")
     for (name, n), s in setups.items():
-        results = s["results"]
-        print(f"# {name}, {n} agents, ours / plain per round: {tp.per_round_ratios(results['ours'], results['plain'])}"
-              + (f"; bf16 / plain: {tp.per_round_ratios(results['bf16'], results['plain'])}" if results.get("bf16") else ""))
+        print(tp.per_round_line(f"{name}, {n} agents", s["results"]))
     for name in args.methods:
         print(f"\n## {name}\n")
         print("| agents | ours steps/s | plain loop steps/s | ours / plain | matmul floor | floor / plain "

@@ -607,6 +607,14 @@ def per_round_ratios(numerator: list[tuple[float, bool]], denominator: list[tupl
     return " ".join(fmt(r, ok, 2) for r, ok in pairs) + f" (median {fmt(middle, clean, 2)})"
 
 
+def per_round_line(label: str, results: dict) -> str:
+    """"# <label>, ours / plain per round: ..." (and bf16 / plain where bf16 was measured)."""
+    line = f"# {label}, ours / plain per round: {per_round_ratios(results['ours'], results['plain'])}"
+    if results.get("bf16"):
+        line += f"; bf16 / plain: {per_round_ratios(results['bf16'], results['plain'])}"
+    return line
+
+
 def fmt(value: float | None, clean: bool = True, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}" + ("" if clean else "*")
 
@@ -731,9 +739,7 @@ def main(argv=None) -> None:
     print("# * in a round line: disturbed even after the retries, left out of the medians; * in the table: no "
           "undisturbed measurement in any round, the median of disturbed ones (not to be trusted)")
     for n, s in setups.items():
-        results = s["results"]
-        print(f"# {n} agents, ours / plain per round: {per_round_ratios(results['ours'], results['plain'])}"
-              + (f"; bf16 / plain: {per_round_ratios(results['bf16'], results['plain'])}" if results.get("bf16") else ""))
+        print(per_round_line(f"{n} agents", s["results"]))
     print()
     print("| agents | ours steps/s | plain loop | ours / plain | reference-style loop | ours / reference "
           "| matmul floor | floor / plain | ours GFLOP/s | peak GFLOP/s | fraction of peak | of torch.mm's peak "

@@ -67,6 +67,7 @@ class OfflineMARLModule(L.LightningModule):
         self.interrupted_at: int | None = None  # set when a signal stopped training early
         self.seed = 0  # the run's seed (set by the runner); with rank and iteration it seeds self.rng
         self._rng: torch.Generator | None = None
+        self._rng_seed_iteration: int | None = None  # the iteration ``rng`` is to be seeded for on its next use
         self._target_pairs: list[tuple[nn.Module, nn.Module]] = []
         self._standalone_optimizers = None
         self._last_step_stats: dict[str, torch.Tensor] = {}
@@ -203,9 +204,9 @@ class OfflineMARLModule(L.LightningModule):
         """
         if self._rng is None or self._rng.device != self.device:
             self._rng = torch.Generator(device=self.device)
-        pending = self.__dict__.get("_rng_seed_iteration")
+        pending = self._rng_seed_iteration
         if pending is not None:
-            self.__dict__["_rng_seed_iteration"] = None
+            self.__dict__["_rng_seed_iteration"] = None  # written past nn.Module.__setattr__ (slower)
             rank = self.global_rank if self._trainer is not None else 0
             self._rng.manual_seed(sample_seed(self.seed, rank, pending) ^ 0x5EED)
         return self._rng

@@ -81,11 +81,7 @@ class IQL(OfflineMARLModule):
 
     def values(self, x: torch.Tensor, x_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """V at ``x`` (with gradients) and at ``x_next`` (without, for the TD target), as ``value``
-        shapes them; one pass of V over both where the network offers ``pair``."""
-        if not hasattr(self.v, "pair"):
-            v = self.value(x)
-            with torch.no_grad():
-                return v, self.value(x_next)
+        shapes them, from one pass of V over both (``AgentMLP.pair`` / ``StateValue.pair``)."""
         v, v_next = self.v.pair(x, x_next)
         return (v, v_next) if self.config.centralised else (v.squeeze(-1), v_next.squeeze(-1))
 

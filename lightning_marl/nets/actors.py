@@ -43,8 +43,7 @@ class TanhGaussianActor(nn.Module):
 
     def forward(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clamped mean and log-std of the pre-tanh Gaussian, each [..., N, A]."""
-        mean, log_std = self.raw(observation)
-        return mean.clamp(-MEAN_CLAMP, MEAN_CLAMP), log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return clamped_heads(self.net(observation), self.action_dim)
 
     @property
     def linears(self) -> list[nn.Linear]:
@@ -62,6 +61,18 @@ class TanhGaussianActor(nn.Module):
             return torch.tanh(mean)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return torch.tanh(mean + log_std.exp() * noise)
+
+
+def clamped_heads(heads: torch.Tensor, action_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean [..., A] clamped to [−9, 9] and the log-std [..., A] clamped to [−5, 2] from a
+    ``TanhGaussianActor`` network's raw output [..., 2A] (the mean's columns first)."""
+    return (heads[..., :action_dim].clamp(-MEAN_CLAMP, MEAN_CLAMP),
+            heads[..., action_dim:].clamp(LOG_STD_MIN, LOG_STD_MAX))
+
+
+def tanh_log_jacobian(u: torch.Tensor) -> torch.Tensor:
+    """log |d tanh(u) / du| = 2 (log 2 − u − softplus(−2u)), elementwise and stable for large |u|."""
+    return 2 * (math.log(2) - u - F.softplus(-2 * u))
 
 
 def tanh_gaussian_log_prob(heads: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -88,16 +99,13 @@ def tanh_gaussian_log_prob(heads: torch.Tensor, action: torch.Tensor) -> torch.T
 def _tanh_gaussian_log_prob(heads: torch.Tensor, action: torch.Tensor):
     """The log-probability [...] and, for the backward, (u - mean)/var, (u - mean)^2/var and the
     clamped mean and log-std (compared with the raw heads there to find the active clamps)."""
-    heads = heads.float()
     size = action.shape[-1]
-    mean = heads[..., :size].clamp(-MEAN_CLAMP, MEAN_CLAMP)
-    log_std = heads[..., size:].clamp(LOG_STD_MIN, LOG_STD_MAX)
+    mean, log_std = clamped_heads(heads.float(), size)
     u = torch.atanh(action.float().clamp(-ACTION_CLAMP, ACTION_CLAMP))
     diff = u - mean
     scaled = diff * torch.exp(-2 * log_std)  # (u - mean) / var
     squared = scaled * diff  # (u - mean)^2 / var
-    squash = 2 * (math.log(2) - u - F.softplus(-2 * u))  # log |d tanh(u) / du|
-    terms = squared.mul(-0.5).sub_(log_std).sub_(squash)
+    terms = squared.mul(-0.5).sub_(log_std).sub_(tanh_log_jacobian(u))
     value = terms.sum(-1) - size * 0.5 * math.log(2 * math.pi)
     return value, scaled, squared, mean, log_std
 

@@ -147,7 +147,7 @@ class EnsembleMLP(nn.Module):
             stacked = [t for layer in self.layers for t in (layer.weight, layer.bias)]
             with torch.no_grad():
                 out = torch.stack([mlp_forward(flat, w, b)[-1] for w, b in _members(stacked[0::2], stacked[1::2], k)])
-        elif flat.shape[0] > self.loop_above_rows or onednn:
+        elif flat.shape[0] > self.loop_above_rows:
             out = torch.stack([self._member(flat, j, frozen) for j in range(k)])
         else:
             out = self._batched(flat, k, frozen)

@@ -105,7 +105,8 @@ def _forward(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return out.relu_() if relu else out
 
 
-def _matmul_precision_setting():
+def onednn_matmul_precision():
+    """``torch.backends.mkldnn.matmul.fp32_precision`` (None where this PyTorch lacks the setting)."""
     return getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", None)
 
 
@@ -133,7 +134,7 @@ def onednn_matmul_keeps_float32() -> bool:
     per process against float64 on inputs where bfloat16 rounding would show: relative error under
     4e-6; measured on these inputs: oneDNN's matmul 1.1-1.3e-6, MKL 5.9-6.8e-7, bfloat16-rounded
     inputs 4.2-5.5e-4)."""
-    if _matmul_precision_setting() is None or not onednn_matmul_available():
+    if onednn_matmul_precision() is None or not onednn_matmul_available():
         return False
     with _disable_current_modes(), torch.no_grad():
         generator = torch.Generator().manual_seed(0)
@@ -356,17 +357,17 @@ class ReLUMLP(MLP):
         modules = list(self)
         self._plan = tuple((i, i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU))
                            for i, m in enumerate(modules) if isinstance(m, nn.Linear))
-        self._widest = max((i for i, _ in self._plan), key=lambda i: self[i].weight.numel())
         # Plain references (not registered twice; deepcopy maps them to the copies): indexing an
         # nn.Sequential on every call costs more than the checks themselves.
         self._linears = [modules[i] for i, _ in self._plan]
-        self._widest_position = [i for i, _ in self._plan].index(self._widest)
+        self._widest = max(range(len(self._linears)), key=lambda i: self._linears[i].weight.numel())
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         x = torch.cat(inputs, -1) if len(inputs) > 1 else inputs[0]
-        if self._fused(x):
+        route = self._route(x)
+        if route == "node":
             return relu_mlp(x, self._weights_and_biases(), relu_last=self._plan[-1][1])
-        if self._direct(x):  # nothing to differentiate: the same products without per-layer reshapes
+        if route == "direct":  # nothing to differentiate: the same products without per-layer reshapes
             weights_and_biases = self._weights_and_biases()
             out = mlp_forward(x.reshape(-1, x.shape[-1]), weights_and_biases[0::2], weights_and_biases[1::2],
                               self._plan[-1][1])[-1]
@@ -380,13 +381,13 @@ class ReLUMLP(MLP):
         observation beside the loss's current one). On the fused route both go through the
         network as one pass over their rows (one product per layer instead of two); only ``x``'s
         rows are kept for the backward. ``x`` and ``frozen`` differ at most in dimension 0."""
-        if self._fused(x) and x.shape[1:] == frozen.shape[1:]:
+        if x.shape[1:] == frozen.shape[1:] and self._route(x) == "node":
             return self.joint_pair(torch.cat([x, frozen]), x.shape[0])
         return self._separate_pair(x, frozen)
 
     def joint_pair(self, joint: torch.Tensor, frozen_from: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``pair`` of ``joint[:frozen_from]`` and ``joint[frozen_from:]`` (already concatenated)."""
-        if self._fused(joint):
+        if self._route(joint) == "node":
             return _OneDNNMLP.apply(joint, self._plan[-1][1], frozen_from, *self._weights_and_biases())
         return self._separate_pair(joint[:frozen_from], joint[frozen_from:])
 
@@ -398,21 +399,13 @@ class ReLUMLP(MLP):
     def _weights_and_biases(self) -> list[torch.Tensor]:
         return [t for layer in self._linears for t in (layer.weight, layer.bias)]
 
-    def _records_gradients(self, x: torch.Tensor) -> bool:
-        return torch.is_grad_enabled() and (x.requires_grad or any(layer.weight.requires_grad or (
-            layer.bias is not None and layer.bias.requires_grad) for layer in self._linears))
-
-    def _direct(self, x: torch.Tensor) -> bool:
-        """Whether a call that records no gradient runs ``mlp_forward`` directly: on the oneDNN
-        route and with no hooks on the layers to honour."""
-        return (uses_onednn(x, self._linears[self._widest_position].weight) and not self._hooked()
-                and not self._records_gradients(x))
-
-    def _hooked(self) -> bool:
-        return any(layer._forward_hooks or layer._forward_pre_hooks for layer in self._linears)
-
-    def _fused(self, x: torch.Tensor) -> bool:
-        """Whether the whole network runs as one autograd node (``_OneDNNMLP``): on the oneDNN
-        route, while recording gradients, and with no hooks on the layers to honour."""
-        return (torch.is_grad_enabled() and uses_onednn(x, self._linears[self._widest_position].weight)
-                and not self._hooked() and self._records_gradients(x))
+    def _route(self, x: torch.Tensor) -> str:
+        """How a call on ``x`` runs: "node", the whole network as one autograd node (``_OneDNNMLP``),
+        while gradients are recorded; "direct", its products without autograd (``mlp_forward``),
+        when nothing is differentiated; "layers", each layer as its own module call, off the
+        oneDNN route or when a layer carries a hook to honour."""
+        if not uses_onednn(x, self._linears[self._widest].weight) or any(layer._forward_hooks or layer._forward_pre_hooks for layer in self._linears):
+            return "layers"
+        records = torch.is_grad_enabled() and (x.requires_grad or any(
+            t is not None and t.requires_grad for layer in self._linears for t in (layer.weight, layer.bias)))
+        return "node" if records else "direct"

@@ -110,29 +110,15 @@ class ClippedAdam(torch.optim.Adam):
         return loss
 
 
-_GROUP_INDICES: dict = {}
+_LENGTHS: dict = {}
 
 
-def _group_index(lengths: list[int], device: torch.device) -> Tensor:
-    """Each parameter's group number (groups hold consecutive runs of ``lengths`` parameters) on the
-    CPU, or the lengths themselves elsewhere; made once per layout and device (no host-to-device
-    copy per step)."""
+def _lengths_tensor(lengths: list[int], device: torch.device) -> Tensor:
+    """``lengths`` as a tensor on ``device``, made once (no host-to-device copy per step)."""
     key = (tuple(lengths), device)
-    if key not in _GROUP_INDICES:
-        lengths_tensor = torch.tensor(lengths)
-        index = torch.repeat_interleave(torch.arange(len(lengths)), lengths_tensor)
-        _GROUP_INDICES[key] = (index if device.type == "cpu" else lengths_tensor).to(device)
-    return _GROUP_INDICES[key]
-
-
-def _group_sums(values: Tensor, lengths: list[int]) -> Tensor:
-    """Sums of consecutive runs of ``lengths`` values. On the CPU ``index_add_`` (sequential, so
-    deterministic; ``segment_reduce`` costs a few times as much there); elsewhere
-    ``segment_reduce``, whose sums do not depend on the order of atomic additions."""
-    index = _group_index(lengths, values.device)
-    if values.device.type == "cpu":
-        return values.new_zeros(len(lengths)).index_add_(0, index, values)
-    return torch.segment_reduce(values, "sum", lengths=index)
+    if key not in _LENGTHS:
+        _LENGTHS[key] = torch.tensor(lengths, device=device)
+    return _LENGTHS[key]
 
 
 def clip_group_gradients(groups: list[list[Tensor]], max_norm: float) -> tuple[list[Tensor], list[Tensor]]:
@@ -158,7 +144,8 @@ def clip_group_gradients(groups: list[list[Tensor]], max_norm: float) -> tuple[l
     if not grads:
         return list(torch.zeros(len(groups)).unbind()), list(torch.ones(len(groups)).unbind())
     per_parameter = torch.stack(torch._foreach_norm(grads))
-    norms = _group_sums(per_parameter.square(), lengths).sqrt_()
+    lengths_tensor = _lengths_tensor(lengths, per_parameter.device)
+    norms = torch.segment_reduce(per_parameter.square(), "sum", lengths=lengths_tensor).sqrt_()
     # 1 / clip coefficient, where the coefficient is min(1, max_norm / (norm + 1e-6))
     scales = norms.add(1e-6).div_(max_norm).clamp_(min=1.0)
     return list(norms.unbind()), list(scales.unbind())

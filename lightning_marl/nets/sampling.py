@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from lightning_marl.nets.actors import TanhGaussianActor
+from lightning_marl.nets.actors import TanhGaussianActor, tanh_log_jacobian
 
 
 def tanh_gaussian_rsample(actor: TanhGaussianActor, observation: torch.Tensor, n_samples: int | None = None,
@@ -35,5 +34,4 @@ def tanh_gaussian_rsample(actor: TanhGaussianActor, observation: torch.Tensor, n
     noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     u = mean + log_std.exp() * noise
     gaussian = -0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi)
-    squash = 2 * (math.log(2) - u - F.softplus(-2 * u))
-    return torch.tanh(u), (gaussian - squash).sum(-1)
+    return torch.tanh(u), (gaussian - tanh_log_jacobian(u)).sum(-1)

@@ -151,7 +151,7 @@ def test_ensemble_members_through_onednn_equal_separate_networks():
 
 
 def _layer_by_layer(net: ReLUMLP, monkeypatch) -> None:
-    monkeypatch.setattr(net, "_fused", lambda x: False)
+    monkeypatch.setattr(net, "_route", lambda x: "layers")
 
 
 def _assert_same_gradients(out, expected, net, reference, x, x_reference) -> None:
@@ -243,7 +243,6 @@ def test_without_gradients_the_products_run_directly_and_equal_the_layers(monkey
         out = net(x)
         layers = copy.deepcopy(net)
         _layer_by_layer(layers, monkeypatch)
-        monkeypatch.setattr(layers, "_direct", lambda x: False)
         expected = layers(x)
     assert calls == [1] and out.shape == (128, 3, 4)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
@@ -276,7 +275,7 @@ def test_weight_gradient_in_either_orientation_matches_float64(rows, inputs, out
 def test_onednn_matmul_restores_the_setting_and_the_check_rejects_reduced_precision(monkeypatch):
     from lightning_marl.nets import linear as module
 
-    if module._matmul_precision_setting() is None:
+    if module.onednn_matmul_precision() is None:
         pytest.skip("this PyTorch has no oneDNN matmul precision setting")
     before = torch.backends.mkldnn.matmul.fp32_precision
     with pytest.raises(RuntimeError), module.onednn_matmul():
