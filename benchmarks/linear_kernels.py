@@ -43,6 +43,8 @@ LAYERS = [
     ("2x256 hidden layer, 6 agents", 768, 256, 256),
     ("first layer (17 obs + 3 ids)", 384, 20, 256),
     ("last layer (one value)", 384, 256, 1),
+    ("last layer (9 discrete actions), 3 agents", 384, 256, 9),
+    ("last layer (9 discrete actions), 6 agents", 768, 256, 9),
     ("2048x2048", 2048, 2048, 2048),
 ]
 

@@ -11,7 +11,9 @@ plugin hook calls, logging every N steps and checkpoint state.
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import operator
 import time
 
 import lightning as L
@@ -234,7 +236,7 @@ class OfflineMARLModule(L.LightningModule):
             raise TrainingError(f"{type(self).__name__}.losses returned {sorted(losses)}, expected "
                                 f"{sorted(required)} (and at most {sorted(self.group_parameters)})")
         groups = [name for name in self.group_parameters if name in losses]
-        total = sum(losses.values())
+        total = functools.reduce(operator.add, losses.values())  # sum() would first add the int 0
         if not math.isfinite(total.item()):  # one scalar read (isfinite is four operations on a 0-d tensor)
             bad = [name for name, value in losses.items() if not torch.isfinite(value)]
             raise TrainingError(
@@ -461,6 +463,17 @@ class OfflineMARLModule(L.LightningModule):
     def not_terminated(self, batch) -> torch.Tensor:
         """1 - terminated, [B, 1] (truncation keeps bootstrapping)."""
         return 1.0 - batch.get(schema.TERMINATED).to(torch.float32)
+
+    def bootstrap(self, batch, next_value: torch.Tensor) -> torch.Tensor:
+        """The TD target r + gamma (1 - terminated) ``next_value`` ([B, 1], or [B, N] for per-agent
+        values), in two operations (a boolean ``terminated`` selects the discount; truncation keeps
+        bootstrapping)."""
+        terminated = batch.get(schema.TERMINATED)
+        if terminated.dtype == torch.bool:
+            discount = torch.where(terminated, 0.0, self.config.gamma)
+        else:
+            discount = self.config.gamma * self.not_terminated(batch)
+        return torch.addcmul(batch.get(schema.REWARD), discount, next_value)
 
     def action_mask(self, batch, next: bool = False):
         if not self.spec.discrete:

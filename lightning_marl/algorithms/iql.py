@@ -97,7 +97,7 @@ class IQL(OfflineMARLModule):
         v, v_next = self.values(x, x_next)
         with torch.no_grad():
             q_bar = self.q_target(x, action).min(0).values
-            target = batch.get(schema.REWARD) + c.gamma * self.not_terminated(batch) * v_next
+            target = self.bootstrap(batch, v_next)
             target = self.critic_target(batch, target)
 
         q = self.q(x, action)

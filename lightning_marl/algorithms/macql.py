@@ -140,7 +140,7 @@ class MACQL(OfflineMARLModule):
             next_action, next_log_pi = tanh_gaussian_rsample(self.actor, next_observation, generator=self.rng)
             next_q = self.q_target(next_observation, next_action).min(-1).values  # [B, N]
             soft_value = next_q - temperature * next_log_pi if c.backup_entropy else next_q
-            target = batch.get(schema.REWARD) + c.gamma * self.not_terminated(batch) * soft_value  # [B, N]
+            target = self.bootstrap(batch, soft_value)  # [B, N]
             samples, log_density = self.cql_samples(observation, next_observation)
         q_data = self.q(observation, action)  # [B, N, 2]
         td_loss = twin_sum((q_data - target.unsqueeze(-1)) ** 2)

@@ -80,7 +80,7 @@ class MATD3BC(OfflineMARLModule):
         noise = (torch.randn(next_action.shape, device=next_action.device, generator=self.rng) * c.policy_noise).clamp(-c.noise_clip, c.noise_clip)
         next_action = (next_action + noise).clamp(-1.0, 1.0)
         q_next = self.q_target(next_observation, next_action).min(0).values
-        target = batch.get(schema.REWARD) + c.gamma * self.not_terminated(batch) * q_next
+        target = self.bootstrap(batch, q_next)
         return self.critic_target(batch, target)
 
     def critic_loss(self, batch, observation, next_observation, intermediates: dict) -> torch.Tensor:

@@ -100,7 +100,7 @@ class OMIGA(OfflineMARLModule):
             w_next, b_next = self.mixer_target(next_state)
             v_next = self.agent_v_values(self.v_target, batch, next=True)
             v_tot_next = OMIGAMixer.mix(v_next, w_next, b_next)
-            target = batch.get(schema.REWARD) + c.gamma * self.not_terminated(batch) * v_tot_next
+            target = self.bootstrap(batch, v_tot_next)
             target = self.critic_target(batch, target)
 
         w, b = self.mixer(state)

@@ -118,7 +118,7 @@ class OMSD(OfflineMARLModule):
         state, action = self.mixer_state(batch), batch.get(schema.ACTION)
         with torch.no_grad():
             q_bar = self.q_target(state, action).min(0).values
-            target = batch.get(schema.REWARD) + c.gamma * self.not_terminated(batch) * self.v(self.mixer_state(batch, next=True))
+            target = self.bootstrap(batch, self.v(self.mixer_state(batch, next=True)))
             target = self.critic_target(batch, target)
         q = self.q(state, action)
         v = self.v(state)

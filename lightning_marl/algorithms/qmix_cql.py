@@ -19,7 +19,7 @@ from lightning_marl.registry import register
 
 def masked(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``values`` [..., K] with unavailable actions (``mask`` False) set to -inf."""
-    return values if mask is None else values.masked_fill(~mask, float("-inf"))
+    return values if mask is None else torch.where(mask, values, float("-inf"))
 
 
 def greedy(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -53,7 +53,8 @@ def cql_gap(values: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | Non
 def _cql_gap(values: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None):
     """The gap (at least float32) and, for the backward, exp(masked values - their max), its sum over
     actions and the action indices [..., N, 1]."""
-    values = values.to(torch.promote_types(values.dtype, torch.float32))
+    if values.dtype not in (torch.float32, torch.float64):  # (torch.promote_types is itself a dispatched call)
+        values = values.float()
     available = masked(values, mask)
     # A row without available actions: its max is -inf; clamped, its logsumexp stays -inf (as torch's).
     top = available.amax(-1, keepdim=True).clamp_(min=torch.finfo(values.dtype).min)
@@ -186,7 +187,7 @@ class QMIXCQL(OfflineMARLModule):
     def td_target(self, batch, next_value: torch.Tensor | None = None) -> torch.Tensor:
         """r + gamma (1 - terminated) ``next_value`` [B, 1] (before the critic_target hook)."""
         next_value = self.next_value(batch) if next_value is None else next_value
-        return batch.get(schema.REWARD) + self.config.gamma * self.not_terminated(batch) * next_value
+        return self.bootstrap(batch, next_value)
 
     # ---- losses ----------------------------------------------------------------------------
     def conservative_penalty(self, batch, values: torch.Tensor, intermediates: dict | None) -> torch.Tensor:

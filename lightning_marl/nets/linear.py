@@ -90,11 +90,15 @@ def onednn_route_enabled() -> bool:
 def gains_from_onednn(rows: int, inner: int, columns: int) -> bool:
     """Whether the product [rows, inner] x [inner, columns] runs faster in oneDNN than in MKL.
 
-    Measured on the project's CPUs (2 threads): at least 2x faster for 2x256 layers at 384 rows;
-    about equal at 384 x 20 x 256; slower below ~1M multiply-adds and for outputs with fewer than
-    64 rows or columns (a network's last layer, the weight gradient of a first layer).
+    Measured on the project's CPUs (2 threads, µs, MKL / oneDNN): at least 2x faster for 2x256
+    layers at 384 rows; about equal at 384 x 20 x 256; for a skinny output from 256 inputs, 9
+    columns: 22 / 20 at 384 rows, 42 / 27 at 768, 81 / 44 at 1536; 21 columns: 42 / 26 at 384 rows
+    (``benchmarks/linear_kernels.py``). Slower below ~1M multiply-adds (oneDNN's ~13 µs per call;
+    ~0.75M from 64 inputs on: MKL is quickest on short inner products) and for outputs with fewer
+    than 8 rows or columns (a value head: 11 / 18 at 768 rows).
     """
-    return rows >= 64 and columns >= 64 and inner >= 16 and rows * inner * columns >= 1 << 20
+    work = rows * inner * columns
+    return rows >= 64 and columns >= 8 and inner >= 16 and (work >= 1 << 20 or (inner >= 64 and work >= 3 << 18))
 
 
 def _forward(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:

@@ -117,3 +117,17 @@ def test_nan_loss_stops_with_a_clear_error(batches):
     with pytest.raises(TrainingError, match=r"non-finite loss q at iteration 0"):
         module.train_step(bad)
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+@pytest.mark.parametrize("terminated_dtype", [torch.bool, torch.float32])
+def test_bootstrap_is_reward_plus_discounted_next_value_until_termination(terminated_dtype):
+    from lightning_marl.data import schema
+
+    batch, spec = matrix_game_transitions("climbing", [(0, 0), (1, 2)], [0.5, 0.5], n=6)
+    module = registry.get("algorithm", "qmix_cql").from_spec(spec, hidden=[8], mixer_embed=4, gamma=0.9)
+    terminated = torch.tensor([[True], [False], [True], [False], [False], [True]])
+    batch.set(schema.TERMINATED, terminated.to(terminated_dtype))
+    batch.set(schema.REWARD, torch.arange(6.0).unsqueeze(-1))
+    next_value = torch.full((6, 2), 10.0)  # per-agent values broadcast against the [B, 1] reward
+    expected = torch.arange(6.0).unsqueeze(-1) + 0.9 * (~terminated).float() * next_value
+    assert torch.equal(module.bootstrap(batch, next_value), expected)

@@ -115,3 +115,37 @@ def test_clip_group_gradients_of_groups_without_gradients():
     assert float(scales[0]) == 1.0 and float(scales[1]) == pytest.approx(2.0, rel=1e-5)
     norms, scales = clip_group_gradients([[a]], max_norm=1.0)
     assert float(norms[0]) == 0.0 and float(scales[0]) == 1.0
+
+
+def test_step_hooks_and_the_profiler_range_still_work_without_torchs_per_call_wrapper():
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    from torch.profiler import profile
+
+    parameter = nn.Parameter(torch.zeros(3))
+    optimizer = ClippedAdam([parameter], lr=0.1)
+    assert getattr(type(optimizer).step, "hooked", False), "torch must not wrap ClippedAdam.step"
+    seen = []
+    pre = optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append("pre"))
+    post = optimizer.register_step_post_hook(lambda opt, args, kwargs: seen.append("post"))
+    everywhere = register_optimizer_step_post_hook(lambda opt, args, kwargs: seen.append("global"))
+    parameter.grad = torch.ones(3)
+    optimizer.step()
+    assert seen == ["pre", "post", "global"]
+    for handle in (pre, post, everywhere):
+        handle.remove()
+    optimizer.step()
+    assert seen == ["pre", "post", "global"], "removed hooks must not run"
+    with profile() as prof:
+        optimizer.step()
+    assert "Optimizer.step#ClippedAdam.step" in {event.name for event in prof.events()}
+    assert torch.allclose(parameter, torch.full((3,), -0.3), atol=1e-5), "three Adam steps of lr 0.1"
+
+
+def test_clip_group_gradients_of_three_groups_one_empty_in_the_middle():
+    a, b, c = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(1))
+    a.grad, c.grad = torch.tensor([3.0, 4.0]), torch.tensor([0.5])
+    extra = nn.Parameter(torch.zeros(2))
+    extra.grad = torch.tensor([0.0, 12.0])
+    norms, scales = clip_group_gradients([[a, extra], [b], [c]], max_norm=1.0)
+    assert [float(n) for n in norms] == [pytest.approx(13.0), 0.0, pytest.approx(0.5)]
+    assert [float(s) for s in scales] == [pytest.approx(13.0, rel=1e-5), 1.0, 1.0]
