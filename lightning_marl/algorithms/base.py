@@ -18,6 +18,7 @@ import time
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -469,11 +470,15 @@ class OfflineMARLModule(L.LightningModule):
         values), in two operations (a boolean ``terminated`` selects the discount; truncation keeps
         bootstrapping)."""
         terminated = batch.get(schema.TERMINATED)
-        if terminated.dtype == torch.bool:
-            discount = torch.where(terminated, 0.0, self.config.gamma)
-        else:
-            discount = self.config.gamma * self.not_terminated(batch)
-        return torch.addcmul(batch.get(schema.REWARD), discount, next_value)
+        alive = ~terminated if terminated.dtype == torch.bool else self.not_terminated(batch)
+        return torch.addcmul(batch.get(schema.REWARD), alive, next_value, value=self.config.gamma)
+
+    def mean_squared_error(self, batch, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """mean over the batch's loss rows (``rows``) of (prediction - target)^2: one operation
+        forward and one backward for a transition batch (``F.mse_loss``; same shapes required)."""
+        if self.loss_mask(batch) is None:
+            return F.mse_loss(prediction, target)
+        return self.rows(batch, (prediction - target) ** 2).mean()
 
     def action_mask(self, batch, next: bool = False):
         if not self.spec.discrete:

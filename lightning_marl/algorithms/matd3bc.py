@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from lightning_marl.algorithms.base import CONTINUOUS, OfflineMARLModule
 from lightning_marl.config import AlgorithmConfig
@@ -87,7 +88,7 @@ class MATD3BC(OfflineMARLModule):
         target = self.td_target(batch, next_observation)
         q = self.q(observation, batch.get(schema.ACTION))
         intermediates.update(q=q, target=target)
-        return ((q - target) ** 2).sum(0).mean()
+        return F.mse_loss(q, target.expand_as(q)) * q.shape[0]  # sum over the twins of each one's mean
 
     def policy_q(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Q_1(o_i, a_i) [.., N] with the critic's weights frozen (the gradient reaches the action)."""

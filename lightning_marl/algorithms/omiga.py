@@ -105,7 +105,7 @@ class OMIGA(OfflineMARLModule):
 
         w, b = self.mixer(state)
         q_tot = OMIGAMixer.mix(self.agent_q_values(self.q, batch), w, b)
-        q_loss = self.rows(batch, (target - q_tot) ** 2).mean()
+        q_loss = self.mean_squared_error(batch, q_tot, target)
 
         # Recurrent slices: rows() keeps the real steps [M, N], so the max-z stabiliser skips padding.
         v = self.agent_v_values(self.v, batch)

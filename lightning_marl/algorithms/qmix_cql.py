@@ -19,7 +19,7 @@ from lightning_marl.registry import register
 
 def masked(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``values`` [..., K] with unavailable actions (``mask`` False) set to -inf."""
-    return values if mask is None else torch.where(mask, values, float("-inf"))
+    return values if mask is None else values.masked_fill(~mask, float("-inf"))
 
 
 def greedy(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -202,11 +202,12 @@ class QMIXCQL(OfflineMARLModule):
         with torch.no_grad():
             target = self.critic_target(batch, self.td_target(batch, self.next_value(batch, online_next)))
         q_tot = self.mixer.mix_values(chosen(values, batch.get(schema.ACTION)), self.mixer_state(batch))
-        td_loss = self.rows(batch, (q_tot - target) ** 2).mean()
+        td_loss = self.mean_squared_error(batch, q_tot, target)
         penalty = self.conservative_penalty(batch, values, intermediates)
         if intermediates is not None:
             intermediates.update(target=target, q_tot=q_tot, td_loss=td_loss, penalty=penalty)
-        return {"q": td_loss + self.config.alpha * penalty}
+        alpha = self.config.alpha
+        return {"q": td_loss + (penalty if alpha == 1.0 else alpha * penalty)}  # no product by 1 (nor its backward)
 
     @torch.no_grad()
     def act(self, observation, mask=None):

@@ -34,12 +34,13 @@ class QMIXMixer(QMixer):
         The four layers that read the state (w1, b1, w2 and V's first) run as one product over
         their concatenated weights: one matmul and one weight-gradient instead of four."""
         state = state.reshape(-1, self.state_dim)
-        first = (self.hyper_w_1, self.hyper_b_1, self.hyper_w_final, self.V[0])  # nn.Linear each in torchrl's QMixer
+        first = (self.hyper_w_1, self.hyper_w_final, self.hyper_b_1, self.V[0])  # nn.Linear each in torchrl's QMixer
         out = F.linear(state, torch.cat([layer.weight for layer in first]), torch.cat([layer.bias for layer in first]))
-        w1, b1, w2, v_hidden = out.split([layer.out_features for layer in first], -1)
+        weights, b1, v_hidden = out.split([(self.n_agents + 1) * self.embed_dim, self.embed_dim, self.embed_dim], -1)
+        w1, w2 = weights.abs().split([self.n_agents * self.embed_dim, self.embed_dim], -1)  # one abs for both
         v = self.V[2](torch.relu(v_hidden))
-        return (w1.abs().view(-1, self.n_agents, self.embed_dim), b1.reshape(-1, 1, self.embed_dim),
-                w2.abs().reshape(-1, self.embed_dim, 1), v.view(-1, 1, 1))
+        return (w1.view(-1, self.n_agents, self.embed_dim), b1.reshape(-1, 1, self.embed_dim),
+                w2.reshape(-1, self.embed_dim, 1), v.view(-1, 1, 1))
 
     def mix_values(self, values: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Q_tot for per-agent values [*B, *M, N] (M joint actions per state) and state [*B, S]."""
