@@ -45,14 +45,30 @@ def cql_gap(values: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | Non
         >>> cql_gap(values, torch.tensor([[0]]), mask)              # log(e + e^2) - 1
         tensor([[1.3133]])
     """
+    return chosen_and_gap(values, action, mask)[1]
+
+
+def chosen_and_gap(values: torch.Tensor, action: torch.Tensor,
+                   mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(chosen(values, action), cql_gap(values, action, mask))``, [..., N] each, from one pass: the
+    data action's value is gathered once, and while gradients are recorded both are one autograd
+    node (the gather's own backward would fill and scatter a second [..., N, K] gradient).
+
+    Example:
+        >>> values = torch.tensor([[[1.0, 2.0, 50.0]]], requires_grad=True)
+        >>> data, gap = chosen_and_gap(values, torch.tensor([[1]]), torch.tensor([[[True, True, False]]]))
+        >>> data, gap
+        (tensor([[2.]], grad_fn=<_CQLGapBackward>), tensor([[0.3133]], grad_fn=<_CQLGapBackward>))
+    """
     if torch.is_grad_enabled() and values.requires_grad:
         return _CQLGap.apply(values, action, mask)
-    return _cql_gap(values, action, mask)[0]
+    gap, _, _, index, data = _cql_gap(values, action, mask)
+    return values.gather(-1, index).squeeze(-1) if data.dtype != values.dtype else data.squeeze(-1), gap
 
 
 def _cql_gap(values: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None):
     """The gap (at least float32) and, for the backward, exp(masked values - their max), its sum over
-    actions and the action indices [..., N, 1]."""
+    actions, the action indices [..., N, 1] and the data action's values [..., N, 1]."""
     if values.dtype not in (torch.float32, torch.float64):  # (torch.promote_types is itself a dispatched call)
         values = values.float()
     available = masked(values, mask)
@@ -61,28 +77,37 @@ def _cql_gap(values: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | No
     weights = (available - top).exp_()
     total = weights.sum(-1, keepdim=True)
     index = action.unsqueeze(-1)
-    gap = (total.log() + top - values.gather(-1, index)).squeeze(-1)
-    return gap, weights, total, index
+    data = values.gather(-1, index)
+    gap = (total.log() + top - data).squeeze(-1)
+    return gap, weights, total, index, data
 
 
 class _CQLGap(torch.autograd.Function):
-    """``cql_gap`` as one autograd node: its gradient is softmax over available actions minus the
-    one-hot of the data action, from the exponentials the forward computed (the logsumexp,
-    masking and gather would otherwise each record their own backward)."""
+    """``chosen_and_gap`` as one autograd node. The gap's gradient is the softmax over available
+    actions minus the one-hot of the data action, from the exponentials the forward computed (the
+    logsumexp, masking and gather would otherwise each record their own backward); the chosen
+    value's gradient joins the same one-hot scatter."""
 
     @staticmethod
     def forward(ctx, values, action, mask):
-        gap, weights, total, index = _cql_gap(values, action, mask)
+        gap, weights, total, index, data = _cql_gap(values, action, mask)
         ctx.save_for_backward(weights, total, index)
         ctx.dtype = values.dtype
-        return gap
+        ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros
+        return data.squeeze(-1).to(values.dtype), gap
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad_data, grad_gap):
         weights, total, index = ctx.saved_tensors
-        grad = grad.unsqueeze(-1)
-        grad_values = weights * (grad / total)
-        grad_values.scatter_add_(-1, index, -grad)
+        if grad_gap is None and grad_data is None:
+            return None, None, None
+        if grad_gap is None:
+            grad_values, at_action = torch.zeros_like(weights), grad_data.unsqueeze(-1).to(weights.dtype)
+        else:
+            grad_gap = grad_gap.unsqueeze(-1)
+            grad_values = weights * (grad_gap / total)
+            at_action = -grad_gap if grad_data is None else grad_data.unsqueeze(-1).to(weights.dtype) - grad_gap
+        grad_values.scatter_add_(-1, index, at_action)
         return grad_values.to(ctx.dtype), None, None
 
 
@@ -192,7 +217,9 @@ class QMIXCQL(OfflineMARLModule):
     # ---- losses ----------------------------------------------------------------------------
     def conservative_penalty(self, batch, values: torch.Tensor, intermediates: dict | None) -> torch.Tensor:
         """mean over batch and agents of logsumexp_available Q_i - Q_i(a_i) (subclasses replace it)."""
-        gap = cql_gap(values, batch.get(schema.ACTION), self.action_mask(batch))
+        return self._penalty_of(batch, cql_gap(values, batch.get(schema.ACTION), self.action_mask(batch)), intermediates)
+
+    def _penalty_of(self, batch, gap: torch.Tensor, intermediates: dict | None) -> torch.Tensor:
         if intermediates is not None:
             intermediates["cql_gap"] = gap
         return self.rows(batch, gap).mean()
@@ -201,9 +228,15 @@ class QMIXCQL(OfflineMARLModule):
         values, online_next = self.online_values(batch)
         with torch.no_grad():
             target = self.critic_target(batch, self.td_target(batch, self.next_value(batch, online_next)))
-        q_tot = self.mixer.mix_values(chosen(values, batch.get(schema.ACTION)), self.mixer_state(batch))
+        action = batch.get(schema.ACTION)
+        if type(self).conservative_penalty is QMIXCQL.conservative_penalty:  # the data values and the gap in one pass
+            data_values, gap = chosen_and_gap(values, action, self.action_mask(batch))
+            penalty = self._penalty_of(batch, gap, intermediates)
+        else:  # a subclass's own penalty
+            data_values = chosen(values, action)
+            penalty = self.conservative_penalty(batch, values, intermediates)
+        q_tot = self.mixer.mix_values(data_values, self.mixer_state(batch))
         td_loss = self.mean_squared_error(batch, q_tot, target)
-        penalty = self.conservative_penalty(batch, values, intermediates)
         if intermediates is not None:
             intermediates.update(target=target, q_tot=q_tot, td_loss=td_loss, penalty=penalty)
         alpha = self.config.alpha

@@ -212,3 +212,33 @@ def test_qmix_cql_stays_within_the_data_on_the_climbing_game(climbing_dataset, o
     picks = [greedy_joint_action(QMIXCQL, climbing_dataset, seed) for seed in range(5)]
     print("qmix_cql picks", picks)
     assert sum(p in [(0, 0), (1, 1), (2, 2)] for p in picks) >= 4, picks
+
+
+def test_chosen_and_gap_from_one_node_equal_gather_and_logsumexp_in_values_and_gradients():
+    from lightning_marl.algorithms.qmix_cql import chosen_and_gap
+
+    torch.manual_seed(1)
+    values = torch.randn(16, 3, 9, dtype=torch.float64) * 5
+    action = torch.randint(9, (16, 3))
+    mask = torch.rand(16, 3, 9) < 0.6
+    mask.scatter_(-1, action.unsqueeze(-1), True)
+    w_data, w_gap = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+    fused = values.clone().requires_grad_()
+    data, gap = chosen_and_gap(fused, action, mask)
+    assert data.grad_fn is gap.grad_fn, "one autograd node for both"
+    ((data * w_data).sum() + (gap * w_gap).sum()).backward()
+    plain = values.clone().requires_grad_()
+    expected_data = plain.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+    expected_gap = plain.masked_fill(~mask, float("-inf")).logsumexp(-1) - expected_data
+    ((expected_data * w_data).sum() + (expected_gap * w_gap).sum()).backward()
+    torch.testing.assert_close(data, expected_data)
+    torch.testing.assert_close(gap, expected_gap)
+    torch.testing.assert_close(fused.grad, plain.grad)
+    # Either output alone, and both, pass gradcheck; without gradients the same values come back.
+    small = values[:3].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: chosen_and_gap(v, action[:3], mask[:3])[0], (small,))
+    assert torch.autograd.gradcheck(lambda v: chosen_and_gap(v, action[:3], mask[:3]), (small,))
+    with torch.no_grad():
+        untracked = chosen_and_gap(values, action, mask)
+    torch.testing.assert_close(untracked[0], expected_data.detach())
+    torch.testing.assert_close(untracked[1], expected_gap.detach())
