@@ -29,28 +29,66 @@ class QMIXMixer(QMixer):
         super().__init__(state_shape=(state_dim,), mixing_embed_dim=embed_dim, n_agents=n_agents, device=None)
 
     def hypernetwork(self, state: torch.Tensor):
-        """The state's mixing parameters: w1 [B, N, E] (>= 0), b1 [B, 1, E], w2 [B, E, 1] (>= 0), v [B, 1, 1].
+        """The state's mixing parameters: w1 [B, N, E] (>= 0), b1 [B, E], w2 [B, E] (>= 0), v [B, 1].
 
-        The four layers that read the state (w1, b1, w2 and V's first) run as one product over
-        their concatenated weights: one matmul and one weight-gradient instead of four."""
+        The four layers that read the state (w1, w2, b1 and V's first) run as one product over
+        their concatenated weights (``stacked_linear``): one matmul and, while recording, one
+        autograd node whose weight gradients come out as row blocks of one product."""
         state = state.reshape(-1, self.state_dim)
-        first = (self.hyper_w_1, self.hyper_w_final, self.hyper_b_1, self.V[0])  # nn.Linear each in torchrl's QMixer
-        out = F.linear(state, torch.cat([layer.weight for layer in first]), torch.cat([layer.bias for layer in first]))
-        weights, b1, v_hidden = out.split([(self.n_agents + 1) * self.embed_dim, self.embed_dim, self.embed_dim], -1)
-        w1, w2 = weights.abs().split([self.n_agents * self.embed_dim, self.embed_dim], -1)  # one abs for both
+        n, e = self.n_agents, self.embed_dim
+        out = stacked_linear(state, (self.hyper_w_1, self.hyper_w_final, self.hyper_b_1, self.V[0]))
+        weights, b1, v_hidden = out.split([(n + 1) * e, e, e], -1)
+        w1, w2 = weights.abs().split([n * e, e], -1)  # one abs for both
         v = self.V[2](torch.relu(v_hidden))
-        return (w1.view(-1, self.n_agents, self.embed_dim), b1.reshape(-1, 1, self.embed_dim),
-                w2.reshape(-1, self.embed_dim, 1), v.view(-1, 1, 1))
+        return w1.view(-1, n, e), b1, w2, v
 
     def mix_values(self, values: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Q_tot for per-agent values [*B, *M, N] (M joint actions per state) and state [*B, S]."""
         lead = state.shape[:-1]
         w1, b1, w2, v = self.hypernetwork(state)
+        if values.dim() == len(lead) + 1:  # one joint action per state: broadcast products beat B tiny matmuls
+            hidden = F.elu((values.reshape(-1, self.n_agents, 1) * w1).sum(1) + b1)  # [B, E]
+            return ((hidden * w2).sum(-1, keepdim=True) + v).view(*lead, 1)
         flat = values.reshape(w1.shape[0], -1, self.n_agents)
-        if flat.shape[1] == 1:  # one joint action per state: broadcast products beat B tiny matmuls
-            hidden = F.elu((flat.transpose(1, 2) * w1).sum(1, keepdim=True) + b1)
-            out = (hidden.transpose(1, 2) * w2).sum(1, keepdim=True) + v
-        else:
-            hidden = F.elu(torch.bmm(flat, w1) + b1)
-            out = torch.bmm(hidden, w2) + v
+        hidden = F.elu(torch.baddbmm(b1.unsqueeze(1), flat, w1))
+        out = torch.baddbmm(v.unsqueeze(1), hidden, w2.unsqueeze(-1))
         return out.view(*lead, *values.shape[len(lead):-1], 1)
+
+
+def stacked_linear(x: torch.Tensor, layers) -> torch.Tensor:
+    """The outputs of several ``nn.Linear`` ``layers`` on the same input ``x`` [B, in], side by side
+    [B, sum of out], from one product over their concatenated weights. While gradients are
+    recorded (float32, no autocast) it is one autograd node whose weight and bias gradients are
+    row blocks of one product and one sum (a concatenation's backward would slice them and
+    autograd would copy each transposed block).
+
+    Example:
+        >>> layers = (torch.nn.Linear(4, 3), torch.nn.Linear(4, 2))
+        >>> x = torch.randn(5, 4)
+        >>> torch.allclose(stacked_linear(x, layers), torch.cat([layer(x) for layer in layers], -1))
+        True
+    """
+    weights_and_biases = [t for layer in layers for t in (layer.weight, layer.bias)]
+    if (torch.is_grad_enabled() and any(t.requires_grad for t in weights_and_biases)
+            and not torch.is_autocast_enabled(x.device.type)):
+        return _StackedLinear.apply(x, *weights_and_biases)
+    return torch.addmm(torch.cat(weights_and_biases[1::2]), x, torch.cat(weights_and_biases[0::2]).t())
+
+
+class _StackedLinear(torch.autograd.Function):
+    """``stacked_linear`` as one node (arguments: x, W0, b0, W1, b1, ...)."""
+
+    @staticmethod
+    def forward(ctx, x, *weights_and_biases):
+        weight = torch.cat(weights_and_biases[0::2])
+        ctx.save_for_backward(x, weight)
+        ctx.sizes = [w.shape[0] for w in weights_and_biases[0::2]]
+        return torch.addmm(torch.cat(weights_and_biases[1::2]), x, weight.t())
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad.mm(weight) if ctx.needs_input_grad[0] else None
+        weight_grads = grad.t().mm(x).split(ctx.sizes)  # [out_i, in] row blocks, contiguous
+        bias_grads = grad.sum(0).split(ctx.sizes)
+        return grad_x, *(t for pair in zip(weight_grads, bias_grads) for t in pair)

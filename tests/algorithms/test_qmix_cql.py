@@ -1,5 +1,6 @@
 """QMIX-CQL: the masked CQL penalty, the double-Q target and the QMIX mixer, by hand; climbing game."""
 
+import copy
 import math
 
 import pytest
@@ -242,3 +243,29 @@ def test_chosen_and_gap_from_one_node_equal_gather_and_logsumexp_in_values_and_g
         untracked = chosen_and_gap(values, action, mask)
     torch.testing.assert_close(untracked[0], expected_data.detach())
     torch.testing.assert_close(untracked[1], expected_gap.detach())
+
+
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_stacked_linear_node_equals_the_layers_in_values_and_gradients(input_grad):
+    from lightning_marl.nets.qmix import stacked_linear
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(51, out) for out in (96, 32, 32, 32)]
+    reference = copy.deepcopy(layers)
+    x = torch.randn(128, 51, requires_grad=input_grad)
+    x_reference = x.detach().clone().requires_grad_(input_grad)
+    out = stacked_linear(x, layers)
+    assert type(out.grad_fn).__name__ == "_StackedLinearBackward"
+    expected = torch.cat([layer(x_reference) for layer in reference], -1)
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    for layer, ref in zip(layers, reference):
+        for p, q in ((layer.weight, ref.weight), (layer.bias, ref.bias)):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5)
+            assert p.grad.is_contiguous()
+    if input_grad:
+        torch.testing.assert_close(x.grad, x_reference.grad, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # without gradients: one product, no node
+        assert stacked_linear(x, layers).grad_fn is None
