@@ -68,8 +68,9 @@ def onednn_is_faster_here() -> bool:
 
     On AMD processors with AVX-512 (the project's machines) oneDNN is about 2x faster; where MKL
     takes its fast path (Intel processors) the two are close and PyTorch's default is kept."""
-    # Outside any dispatch mode (an operation counter, a FLOP counter) that the first call may be under.
-    with _disable_current_modes(), torch.no_grad():
+    # Outside any dispatch mode (an operation counter, a FLOP counter) and any autocast region that
+    # the first call may be under (bf16 autocast would time bfloat16 products).
+    with _disable_current_modes(), torch.no_grad(), torch.autocast("cpu", enabled=False):
         generator = torch.Generator().manual_seed(0)
         x, weight = torch.randn(384, 256, generator=generator), torch.randn(256, 256, generator=generator)
         _ONEDNN_LINEAR(x, weight, None, "none", [], "")  # the first call creates oneDNN's primitive
@@ -140,7 +141,9 @@ def onednn_matmul_keeps_float32() -> bool:
     inputs 4.2-5.5e-4)."""
     if onednn_matmul_precision() is None or not onednn_matmul_available():
         return False
-    with _disable_current_modes(), torch.no_grad():
+    # Not under autocast either: a first call inside bf16 autocast (the first step of a bf16-mixed
+    # fit) would check bfloat16 products, fail, and keep weight gradients off this route all run.
+    with _disable_current_modes(), torch.no_grad(), torch.autocast("cpu", enabled=False):
         generator = torch.Generator().manual_seed(0)
         for m, p, q in ((384, 256, 256), (384, 21, 256)):
             a = 1.0 + 1e-3 * torch.randn(m, p, generator=generator)

@@ -323,3 +323,17 @@ def test_ensemble_as_one_node_with_fewer_members_gives_the_others_zero_gradients
     for ours, theirs in zip(ensemble.parameters(), reference.parameters()):
         assert relative_error(ours.grad[0], theirs.grad[0]) < 1e-5
         assert not ours.grad[1].any()
+
+
+@needs_onednn
+def test_the_cached_float32_accuracy_check_is_not_fooled_by_a_first_call_under_bf16_autocast():
+    from lightning_marl.nets.linear import onednn_matmul_keeps_float32
+
+    onednn_matmul_keeps_float32.cache_clear()
+    expected = onednn_matmul_keeps_float32()
+    onednn_matmul_keeps_float32.cache_clear()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # e.g. the first step of a bf16-mixed fit
+            assert onednn_matmul_keeps_float32() == expected
+    finally:
+        onednn_matmul_keeps_float32.cache_clear()
