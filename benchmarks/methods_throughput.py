@@ -510,7 +510,8 @@ def main(argv=None) -> None:
           f"(of {os.cpu_count()} CPUs), {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"# load average (1 min) at start {os.getloadavg()[0]:.2f}: above ~1 means other processes share the cores")
     print(f"# batch {BATCH}, obs {OBS_DIM}, continuous action {ACTION_DIM} / {N_ACTIONS} discrete actions, "
-          f"hidden 256x2; {args.seconds:g} s per measurement, medians of {args.rounds} or more undisturbed rounds")
+          f"hidden 256x2; {args.seconds:g} s per measurement, medians of {args.rounds} or more undisturbed rounds; "
+          f"malloc: {args.malloc}")
     for name in args.methods:
         for n in args.agents:
             ok, detail = check_equivalence(CASES[name], n)

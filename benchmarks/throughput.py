@@ -629,9 +629,18 @@ def parse_measurement_arguments(parser: argparse.ArgumentParser, argv=None) -> a
     parser.add_argument("--retries", type=int, default=2, help="retries of a measurement disturbed by others")
     parser.add_argument("--patience", type=float, default=300.0,
                         help="seconds (whole run) to wait for a quiet machine before rounds and retries")
+    parser.add_argument("--tune-malloc", action="store_true",
+                        help="apply fit's malloc setting (lightning_marl.malloc) to the whole process, plain loops "
+                             "included; default: glibc's own, as a plain script runs")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tune_malloc:
+        from lightning_marl.malloc import tune_malloc
+
+        args.malloc = "tuned as fit tunes it (all loops)" if tune_malloc() else "glibc's defaults (tuning unavailable)"
+    else:
+        args.malloc = "glibc's defaults"
     return args
 
 
@@ -656,7 +665,7 @@ def main(argv=None) -> None:
           f"{datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"# load average (1 min) at start {os.getloadavg()[0]:.2f}: above ~1 means other processes share the cores")
     print(f"# batch {BATCH}, obs {OBS_DIM}, action {ACTION_DIM} continuous, hidden 256x2, mixer 64; "
-          f"{args.seconds:g} s per measurement, medians of {args.rounds} or more undisturbed rounds")
+          f"{args.seconds:g} s per measurement, medians of {args.rounds} or more undisturbed rounds; malloc: {args.malloc}")
 
     for n in args.agents:
         for loop in (PlainOMIGA, ReferenceStyleOMIGA):

@@ -123,6 +123,7 @@ class RunConfig:
     checkpoint_every: int = 1000
     resume: Optional[str] = None
     progress: bool = True
+    tune_malloc: bool = True  # glibc: keep freed buffers for reuse, no page faults per step (lightning_marl.malloc)
     compile: bool = False  # torch.compile the method's losses (forward and backward); "reduce-overhead" (CUDA graphs) on CUDA
     online: Optional[OnlineConfig] = None  # online fine-tuning (finetune); see OnlineConfig
     init: Optional[str] = None  # finetune: the checkpoint whose weights start the run

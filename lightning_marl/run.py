@@ -32,6 +32,7 @@ from lightning_marl.data.datamodule import OfflineDataModule
 from lightning_marl.data.dataset import Dataset, load_dataset, normalised_score
 from lightning_marl.envs import make_env, rollout_returns
 from lightning_marl.errors import ConfigError
+from lightning_marl.malloc import tune_malloc
 from lightning_marl.policy import Policy, build_module, load_checkpoint, save_policy
 from lightning_marl.utils import atomic_write_json, atomic_write_text
 
@@ -131,6 +132,8 @@ def quiet_lightning() -> None:
 def fit(cfg, datamodule_class=OfflineDataModule, extra_callbacks=()) -> dict:
     """Train the configured method; returns the summary (also in run_dir/eval.json)."""
     quiet_lightning()
+    if cfg.get("tune_malloc", True):
+        tune_malloc()
     ckpt_path = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dataset = resolve_dataset(cfg)
