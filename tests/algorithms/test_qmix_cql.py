@@ -74,12 +74,18 @@ def test_cql_penalty_excludes_unavailable_actions():
     assert parts["penalty"].item() == pytest.approx(expected.mean().item(), rel=1e-6)
 
 
-def test_cql_gap_as_one_node_equals_autograds_logsumexp_in_values_and_gradients():
-    torch.manual_seed(0)
-    values = torch.randn(32, 3, 9, dtype=torch.float64) * 5
-    action = torch.randint(9, (32, 3))
-    mask = torch.rand(32, 3, 9) < 0.6
+def random_q_values(rows: int, seed: int):
+    """float64 values [rows, 3, 9] of scale 5, data actions, and masks (~60 % available, the data action always)."""
+    torch.manual_seed(seed)
+    values = torch.randn(rows, 3, 9, dtype=torch.float64) * 5
+    action = torch.randint(9, (rows, 3))
+    mask = torch.rand(rows, 3, 9) < 0.6
     mask.scatter_(-1, action.unsqueeze(-1), True)
+    return values, action, mask
+
+
+def test_cql_gap_as_one_node_equals_autograds_logsumexp_in_values_and_gradients():
+    values, action, mask = random_q_values(32, seed=0)
     weights = torch.randn(32, 3, dtype=torch.float64)
     fused = values.clone().requires_grad_()
     gap = cql_gap(fused, action, mask)
@@ -218,11 +224,7 @@ def test_qmix_cql_stays_within_the_data_on_the_climbing_game(climbing_dataset, o
 def test_chosen_and_gap_from_one_node_equal_gather_and_logsumexp_in_values_and_gradients():
     from lightning_marl.algorithms.qmix_cql import chosen_and_gap
 
-    torch.manual_seed(1)
-    values = torch.randn(16, 3, 9, dtype=torch.float64) * 5
-    action = torch.randint(9, (16, 3))
-    mask = torch.rand(16, 3, 9) < 0.6
-    mask.scatter_(-1, action.unsqueeze(-1), True)
+    values, action, mask = random_q_values(16, seed=1)
     w_data, w_gap = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
     fused = values.clone().requires_grad_()
     data, gap = chosen_and_gap(fused, action, mask)
