@@ -271,3 +271,29 @@ def test_stacked_linear_node_equals_the_layers_in_values_and_gradients(input_gra
         torch.testing.assert_close(x.grad, x_reference.grad, rtol=1e-5, atol=1e-5)
     with torch.no_grad():  # without gradients: one product, no node
         assert stacked_linear(x, layers).grad_fn is None
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_mixing_one_joint_action_as_one_node_equals_torchrls_forward(frozen):
+    torch.manual_seed(0)
+    mixer = QMIXMixer(state_dim=51, n_agents=3, embed_dim=32)
+    if frozen:  # e.g. a frozen copy (offline value memory) under a loss that differentiates the values
+        mixer.requires_grad_(False)
+    reference = copy.deepcopy(mixer)
+    state, values = torch.randn(128, 51), torch.randn(128, 3, requires_grad=True)
+    values_reference = values.detach().clone().requires_grad_()
+    ours = mixer.mix_values(values, state)
+    assert type(ours.grad_fn).__name__ == "_MixOneBackward"
+    expected = reference(values_reference.unsqueeze(-1), state)  # torchrl's QMixer.forward
+    torch.testing.assert_close(ours, expected)
+    grad = torch.randn_like(ours)
+    ours.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(values.grad, values_reference.grad, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(mixer.named_parameters(), reference.parameters(), strict=True):
+        if frozen:
+            assert p.grad is None and q.grad is None
+        else:
+            assert float((p.grad - q.grad).abs().max() / q.grad.abs().max()) < 1e-5, name
+    with torch.no_grad():
+        assert mixer.mix_values(values, state).grad_fn is None
