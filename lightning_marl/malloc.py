@@ -7,7 +7,7 @@ threshold that adapts only gradually), so the next step takes fresh zero pages f
 one page fault per 4 KB. Measured on the project's 2-core machines (OMIGA, batch 128, 2x256
 networks, 200 steps): with 6 agents our step took 335-690 page faults per step and 6.3-7.3 ms;
 with ``tune_malloc()`` 0.2-2 faults and 5.4-6.0 ms. With 3 agents our step took 0.6-12 faults
-per step either way and ran at the same speed (3.6 ms).
+per step either way and ran at the same speed (3.6-3.8 ms).
 
 ``fit`` (and ``finetune``) call ``tune_malloc()`` unless the config says ``tune_malloc: false``.
 It changes three ``mallopt`` settings for the whole process (glibc only; elsewhere it does
