@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_marl.algorithms.qmix_cql import QMIXCQL, QMIXCQLConfig, chosen, cql_gap, masked
+from lightning_marl.algorithms.qmix_cql import QMIXCQL, QMIXCQLConfig, chosen, masked
 from lightning_marl.data import schema
 from lightning_marl.registry import register
 
@@ -66,15 +66,16 @@ class CFCQL(QMIXCQL):
 
     config_class = CFCQLConfig
 
-    def conservative_penalty(self, batch, values: torch.Tensor, intermediates: dict | None) -> torch.Tensor:
+    def conservative_penalty(self, batch, values: torch.Tensor, intermediates: dict | None,
+                             gap: torch.Tensor) -> torch.Tensor:
         # Recurrent [B, T] batches: the real steps of the slices as rows [M, ...] (identity for [B]).
         values, action, mask, state = (self.rows(batch, x) if x is not None else None for x in (
             values, batch.get(schema.ACTION), self.action_mask(batch), self.mixer_state(batch)))
         # All N·K single-agent deviations mixed in one hypernetwork pass: [B, N, K, N] -> [B, N, K].
         deviations = self.mixer.mix_values(counterfactual_joint_values(values, action), state).squeeze(-1)
         data_q_tot = self.mixer.mix_values(chosen(values, action), state)  # [B, 1]
-        gap = masked(deviations, mask).logsumexp(-1) - data_q_tot  # c_i, [B, N]
-        weights = agent_weights(cql_gap(values, action, mask), self.config.beta_w)  # lambda, [N]
+        counterfactual_gap = masked(deviations, mask).logsumexp(-1) - data_q_tot  # c_i, [B, N]
+        weights = agent_weights(self.rows(batch, gap), self.config.beta_w)  # lambda, [N], from the per-agent CQL gap
         if intermediates is not None:
-            intermediates.update(counterfactual_gap=gap, agent_weights=weights)
-        return (gap * weights).sum(-1).mean()
+            intermediates.update(counterfactual_gap=counterfactual_gap, agent_weights=weights)
+        return (counterfactual_gap * weights).sum(-1).mean()

@@ -215,11 +215,11 @@ class QMIXCQL(OfflineMARLModule):
         return self.bootstrap(batch, next_value)
 
     # ---- losses ----------------------------------------------------------------------------
-    def conservative_penalty(self, batch, values: torch.Tensor, intermediates: dict | None) -> torch.Tensor:
-        """mean over batch and agents of logsumexp_available Q_i - Q_i(a_i) (subclasses replace it)."""
-        return self._penalty_of(batch, cql_gap(values, batch.get(schema.ACTION), self.action_mask(batch)), intermediates)
-
-    def _penalty_of(self, batch, gap: torch.Tensor, intermediates: dict | None) -> torch.Tensor:
+    def conservative_penalty(self, batch, values: torch.Tensor, intermediates: dict | None,
+                             gap: torch.Tensor) -> torch.Tensor:
+        """mean over batch and agents of ``gap`` = logsumexp_available Q_i - Q_i(a_i) [..., N], which
+        ``losses`` computes with the data actions' values (``chosen_and_gap``). Subclasses replace
+        it and may use the agents' values [..., N, K] too."""
         if intermediates is not None:
             intermediates["cql_gap"] = gap
         return self.rows(batch, gap).mean()
@@ -228,13 +228,8 @@ class QMIXCQL(OfflineMARLModule):
         values, online_next = self.online_values(batch)
         with torch.no_grad():
             target = self.critic_target(batch, self.td_target(batch, self.next_value(batch, online_next)))
-        action = batch.get(schema.ACTION)
-        if type(self).conservative_penalty is QMIXCQL.conservative_penalty:  # the data values and the gap in one pass
-            data_values, gap = chosen_and_gap(values, action, self.action_mask(batch))
-            penalty = self._penalty_of(batch, gap, intermediates)
-        else:  # a subclass's own penalty
-            data_values = chosen(values, action)
-            penalty = self.conservative_penalty(batch, values, intermediates)
+        data_values, gap = chosen_and_gap(values, batch.get(schema.ACTION), self.action_mask(batch))
+        penalty = self.conservative_penalty(batch, values, intermediates, gap)
         q_tot = self.mixer.mix_values(data_values, self.mixer_state(batch))
         td_loss = self.mean_squared_error(batch, q_tot, target)
         if intermediates is not None:

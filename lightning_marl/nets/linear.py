@@ -409,12 +409,12 @@ class ReLUMLP(MLP):
         # Read from each layer's parameter dict: nn.Module's attribute lookup costs ~0.5 µs a name.
         return [layer._parameters[name] for layer in self._linears for name in ("weight", "bias")]
 
-    def _route(self, x: torch.Tensor, weights_and_biases: list | None = None) -> str:
+    def _route(self, x: torch.Tensor, weights_and_biases: list) -> str:
         """How a call on ``x`` runs: "node", the whole network as one autograd node (``_OneDNNMLP``),
         while gradients are recorded; "direct", its products without autograd (``mlp_forward``),
         when nothing is differentiated; "layers", each layer as its own module call, off the
-        oneDNN route or when a layer carries a hook to honour."""
-        weights_and_biases = self._weights_and_biases() if weights_and_biases is None else weights_and_biases
+        oneDNN route or when a layer carries a hook to honour. ``weights_and_biases``: the call's
+        ``_weights_and_biases()``."""
         if not uses_onednn(x, weights_and_biases[2 * self._widest]) or any(
                 layer._forward_hooks or layer._forward_pre_hooks for layer in self._linears):
             return "layers"

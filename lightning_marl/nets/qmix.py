@@ -37,35 +37,53 @@ class QMIXMixer(QMixer):
         state = state.reshape(-1, self.state_dim)
         n, e = self.n_agents, self.embed_dim
         out = stacked_linear(state, (self.hyper_w_1, self.hyper_w_final, self.hyper_b_1, self.V[0]))
-        weights, b1, v_hidden = out.split([(n + 1) * e, e, e], -1)
-        w1, w2 = weights.abs().split([n * e, e], -1)  # one abs for both
-        v = self.V[2](torch.relu(v_hidden))
-        return w1.view(-1, n, e), b1, w2, v
+        _, w1, w2, b1, v_hidden = _heads(out, n, e)
+        return w1, b1, w2, self.V[2](v_hidden)
 
     def mix_values(self, values: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Q_tot for per-agent values [*B, *M, N] (M joint actions per state) and state [*B, S]."""
         lead = state.shape[:-1]
         if values.dim() == len(lead) + 1:  # one joint action per state: broadcast products beat B tiny matmuls
             parameters = self._mixing_parameters()
+            flat_values, flat_state = values.reshape(-1, self.n_agents), state.reshape(-1, self.state_dim)
             if (torch.is_grad_enabled() and not state.requires_grad and not torch.is_autocast_enabled(state.device.type)
                     and (values.requires_grad or any(t.requires_grad for t in parameters))):
-                flat_values, flat_state = values.reshape(-1, self.n_agents), state.reshape(-1, self.state_dim)
                 out = _MixOne.apply(flat_values, flat_state, self.n_agents, self.embed_dim, *parameters)
-                return out if len(lead) == 1 else out.view(*lead, 1)
-            w1, b1, w2, v = self.hypernetwork(state)
-            hidden = F.elu((values.reshape(-1, self.n_agents, 1) * w1).sum(1) + b1)  # [B, E]
-            return ((hidden * w2).sum(-1, keepdim=True) + v).view(*lead, 1)
+            else:  # the same operations, recorded by autograd where anything is (autocast, a state's gradient)
+                out = _mix_one(flat_values, flat_state, self.n_agents, self.embed_dim, parameters)[0]
+            return out if len(lead) == 1 else out.view(*lead, 1)
         w1, b1, w2, v = self.hypernetwork(state)
         flat = values.reshape(w1.shape[0], -1, self.n_agents)
         hidden = F.elu(torch.baddbmm(b1.unsqueeze(1), flat, w1))
         out = torch.baddbmm(v.unsqueeze(1), hidden, w2.unsqueeze(-1))
         return out.view(*lead, *values.shape[len(lead):-1], 1)
 
-
     def _mixing_parameters(self) -> list[torch.Tensor]:
         """The weights and biases of w1's, w2's, b1's and V's first layer, then V's second (``_MixOne``'s order)."""
         layers = (self.hyper_w_1, self.hyper_w_final, self.hyper_b_1, self.V[0], self.V[2])
         return [layer._parameters[name] for layer in layers for name in ("weight", "bias")]
+
+
+def _heads(out: torch.Tensor, n: int, e: int):
+    """The four stacked first layers' output [B, (N + 3) E] (w1, w2, b1, V's hidden) as: w1 and w2
+    before their abs [B, (N + 1) E], w1 [B, N, E] and w2 [B, E] (>= 0, one abs for both), b1
+    [B, E], V's hidden layer after its ReLU [B, E]."""
+    signed = out[:, :(n + 1) * e]
+    positive = signed.abs()
+    return (signed, positive[:, :n * e].view(-1, n, e), positive[:, n * e:], out[:, (n + 1) * e:(n + 2) * e],
+            out[:, (n + 2) * e:].relu())
+
+
+def _mix_one(values: torch.Tensor, state: torch.Tensor, n: int, e: int, parameters):
+    """Q_tot [B, 1] of values [B, N] at state [B, S] (``QMIXMixer._mixing_parameters()`` order), and
+    what ``_MixOne``'s backward needs: w1 and w2 before their abs, w1 [B, N, E], w2 [B, E], the
+    mixing layer's ELU output [B, E] and V's hidden ReLU output [B, E]."""
+    weight = torch.cat(parameters[0:8:2])  # the four layers that read the state, as one product
+    out = torch.addmm(torch.cat(parameters[1:8:2]), state, weight.t())  # [B, (N + 3) E]
+    signed, w1, w2, b1, v_hidden = _heads(out, n, e)
+    v = torch.addmm(parameters[9], v_hidden, parameters[8].t())  # [B, 1]
+    hidden = F.elu((values.unsqueeze(-1) * w1).sum(1) + b1)
+    return (hidden * w2).sum(-1, keepdim=True) + v, signed, w1, w2, hidden, v_hidden
 
 
 class _MixOne(torch.autograd.Function):
@@ -78,18 +96,10 @@ class _MixOne(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, values, state, n, e, *parameters):
-        weight = torch.cat(parameters[0:8:2])  # the four layers that read the state, as one product
-        out = torch.addmm(torch.cat(parameters[1:8:2]), state, weight.t())  # [B, (N + 3) E]
-        signed = out[:, :(n + 1) * e]  # w1 and w2 before their abs
-        positive = signed.abs()
-        w1, w2 = positive[:, :n * e].view(-1, n, e), positive[:, n * e:]
-        b1 = out[:, (n + 1) * e:(n + 2) * e]
-        v_hidden = out[:, (n + 2) * e:].relu()
-        v = torch.addmm(parameters[9], v_hidden, parameters[8].t())  # [B, 1]
-        hidden = F.elu((values.unsqueeze(-1) * w1).sum(1) + b1)  # [B, E]
+        q, signed, w1, w2, hidden, v_hidden = _mix_one(values, state, n, e, parameters)
         ctx.save_for_backward(values, state, signed, w1, w2, hidden, v_hidden, parameters[8])
         ctx.sizes = [n * e, e, e, e]
-        return (hidden * w2).sum(-1, keepdim=True) + v
+        return q
 
     @staticmethod
     def backward(ctx, grad):

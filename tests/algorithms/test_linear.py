@@ -151,7 +151,7 @@ def test_ensemble_members_through_onednn_equal_separate_networks():
 
 
 def _layer_by_layer(net: ReLUMLP, monkeypatch) -> None:
-    monkeypatch.setattr(net, "_route", lambda x, weights_and_biases=None: "layers")
+    monkeypatch.setattr(net, "_route", lambda x, weights_and_biases: "layers")
 
 
 def _one_node(out: torch.Tensor, net: nn.Module) -> bool:
