@@ -28,7 +28,7 @@ from lightning_marl.data.datamodule import sample_seed
 from lightning_marl.data.schema import TaskSpec
 from lightning_marl.errors import ConfigError, PluginError, TrainingError
 from lightning_marl.nets.optim import ClippedAdam, clip_group_gradients
-from lightning_marl.nets.precision import float32_outputs
+from lightning_marl.nets.precision import float32_outputs, forget_cast_weights
 from lightning_marl.nets.recurrent import GRUAgent
 from lightning_marl.nets.target import polyak_update
 from lightning_marl.plugin import ALWAYS_CALLED, Plugin
@@ -295,6 +295,7 @@ class OfflineMARLModule(L.LightningModule):
                 if grads:
                     torch._foreach_div_(grads, scale)
             optimizer.step()
+        forget_cast_weights()  # bf16-mixed: a later forward in this step must see the new weights
         return {f"grad_norm/{name}": norm for name, norm in zip(groups, norms)}
 
     def _last_good_checkpoint(self) -> str:

@@ -14,6 +14,7 @@ from lightning_marl.data import schema
 from lightning_marl.errors import ConfigError, TrainingError
 from lightning_marl.nets import DeterministicActor
 from lightning_marl.nets.critics import central_critics, expectile_loss
+from lightning_marl.nets.precision import forget_cast_weights
 from lightning_marl.registry import register
 
 SEQUENTIAL = ("one_pass", "exact")
@@ -243,6 +244,7 @@ class OMSD(OfflineMARLModule):
                 for group, optimizer in zip(("q", "v"), optimizers):
                     torch.nn.utils.clip_grad_norm_(self.group_parameters[group], self.config.grad_clip, foreach=True)
                     optimizer.step()
+                forget_cast_weights()  # (only matters if called inside an autocast region)
                 self.update_targets()
                 self.critic_pretrain_iterations_run += 1
         self.critic_pretrained.fill_(1)

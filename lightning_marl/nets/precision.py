@@ -48,3 +48,27 @@ def float32_outputs(network: nn.Module):
     """
     network.register_forward_hook(_cast_hook)
     return network
+
+
+def forget_cast_weights() -> None:
+    """Drop autocast's cached bfloat16 (or float16) copies of the weights.
+
+    Inside one ``torch.autocast`` region PyTorch casts each weight once and reuses that copy until
+    the region ends, even after an optimiser has changed the weight in place. Lightning's
+    ``bf16-mixed`` wraps a whole training step in one region, so a step that runs a network again
+    after an optimiser step (OMSD's ``sequential: exact`` updates one agent after another) would
+    compute with the old weights. Call this after every optimiser step; it costs nothing measurable.
+
+    Example:
+        >>> layer = nn.Linear(2, 2)
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+        ...     before = layer(torch.ones(1, 2))
+        ...     with torch.no_grad():
+        ...         _ = layer.weight.add_(1.0)
+        ...     stale = layer(torch.ones(1, 2))
+        ...     forget_cast_weights()
+        ...     fresh = layer(torch.ones(1, 2))
+        >>> torch.equal(before, stale), torch.equal(before, fresh)
+        (True, False)
+    """
+    torch.clear_autocast_cache()

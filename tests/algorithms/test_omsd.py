@@ -109,6 +109,26 @@ def test_exact_updates_agents_in_order_against_the_updated_prefix():
     assert module.iteration == 1
 
 
+def test_exact_under_bf16_autocast_conditions_on_the_updated_prefix():
+    """bf16-mixed runs the whole step in one autocast region, whose cast weights PyTorch would keep
+    across the agents' optimiser steps: the prefix must be the updated actors' actions."""
+    torch.manual_seed(2)
+    order = [2, 0, 1]
+    plugin = FixedScore(SCORE, beta=1.0, agent_order=order)
+    module = OMSD.from_spec(SPEC, plugins=[plugin], hidden=[8, 8], sequential="exact", lr=1e-1)
+    initial = copy.deepcopy(module)
+    batch = hand_batch(seed=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        module.train_step(batch)
+    observation = batch[schema.OBS]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before, after = initial.actor(observation), module.actor(observation)
+    for k, call in enumerate(plugin.calls[1:], start=1):
+        done = order[:k]
+        assert not torch.equal(before[:, done], after[:, done])
+        torch.testing.assert_close(call["actions"][:, done], after[:, done])
+
+
 def test_saved_policy_holds_only_the_actors(tmp_path):
     from lightning_marl.policy import load_policy, save_policy
 

@@ -46,3 +46,21 @@ def test_outputs_of_networks_are_float32_under_autocast(batches):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mean, log_std = module.actor(batch["agents", "observation"])
     assert mean.dtype == log_std.dtype == torch.float32
+
+
+def test_a_forward_after_the_step_in_the_same_autocast_region_uses_the_new_weights(batches):
+    """PyTorch keeps autocast's cast weights for the whole region, optimiser steps or not; the step
+    drops them, so a network called again in the same region (bf16-mixed wraps the whole
+    training step in one) computes with the updated weights."""
+    batch, spec = batches[CONTINUOUS]
+    torch.manual_seed(0)
+    module = registry.get("algorithm", "omiga").from_spec(spec, hidden=[16, 16], lr=1e-1)
+    observation = batch["agents", "observation"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before, _ = module.actor(observation)
+        module.train_step(batch)
+        same_region, _ = module.actor(observation)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fresh_region, _ = module.actor(observation)
+    assert not torch.equal(before, fresh_region)
+    assert torch.equal(same_region, fresh_region)

@@ -17,6 +17,7 @@ import torch
 from lightning_marl.data import schema
 from lightning_marl.errors import PluginError
 from lightning_marl.nets.diffusion import SCHEDULES, ConditionalDiffusion
+from lightning_marl.nets.precision import forget_cast_weights
 from lightning_marl.plugin import Plugin
 from lightning_marl.registry import register
 from lightning_marl_plugins.score_decomposition.common import resolve_beta, transitions_of
@@ -153,6 +154,7 @@ class ScoreDecomposition(Plugin):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                forget_cast_weights()  # (only matters if called inside an autocast region)
                 running = loss.item() if iteration == 0 else 0.99 * running + 0.01 * loss.item()
                 self.pretrain_iterations_run += 1
         model.eval()

@@ -36,6 +36,7 @@ from tensordict import TensorDict
 from lightning_marl.data import schema
 from lightning_marl.data.datamodule import sample_seed
 from lightning_marl.errors import ConfigError, PluginError
+from lightning_marl.nets.precision import forget_cast_weights
 from lightning_marl.plugin import Plugin
 from lightning_marl_plugins.world_model.buffer import UNCERTAINTY, SyntheticBuffer
 
@@ -231,6 +232,7 @@ class WorldModelAugmentation(Plugin):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
             optimiser.step()
+            forget_cast_weights()  # (only matters if called inside an autocast region)
         self.model.eval()
 
     @torch.no_grad()
