@@ -82,13 +82,17 @@ def test_one_pass_gradient_is_the_sum_of_the_per_agent_sequential_losses():
         torch.testing.assert_close(a, b)
 
 
-def test_exact_updates_agents_in_order_against_the_updated_prefix():
+def exact_agents_in_order(order, lr):
+    """An ``exact`` OMSD whose plugin records each agent's call, a copy of it and a batch."""
     torch.manual_seed(2)
-    order = [2, 0, 1]
     plugin = FixedScore(SCORE, beta=1.0, agent_order=order)
-    module = OMSD.from_spec(SPEC, plugins=[plugin], hidden=[8, 8], sequential="exact", lr=1e-2)
-    initial = copy.deepcopy(module)
-    batch = hand_batch(seed=2)
+    module = OMSD.from_spec(SPEC, plugins=[plugin], hidden=[8, 8], sequential="exact", lr=lr)
+    return module, plugin, copy.deepcopy(module), hand_batch(seed=2)
+
+
+def test_exact_updates_agents_in_order_against_the_updated_prefix():
+    order = [2, 0, 1]
+    module, plugin, initial, batch = exact_agents_in_order(order, lr=1e-2)
     module.train_step(batch)
     final = module
     assert [c["agent"] for c in plugin.calls] == order
@@ -112,12 +116,8 @@ def test_exact_updates_agents_in_order_against_the_updated_prefix():
 def test_exact_under_bf16_autocast_conditions_on_the_updated_prefix():
     """bf16-mixed runs the whole step in one autocast region, whose cast weights PyTorch would keep
     across the agents' optimiser steps: the prefix must be the updated actors' actions."""
-    torch.manual_seed(2)
     order = [2, 0, 1]
-    plugin = FixedScore(SCORE, beta=1.0, agent_order=order)
-    module = OMSD.from_spec(SPEC, plugins=[plugin], hidden=[8, 8], sequential="exact", lr=1e-1)
-    initial = copy.deepcopy(module)
-    batch = hand_batch(seed=2)
+    module, plugin, initial, batch = exact_agents_in_order(order, lr=1e-1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         module.train_step(batch)
     observation = batch[schema.OBS]
