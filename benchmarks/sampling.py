@@ -8,14 +8,17 @@ transition, 9 GB at 10M), then measures with the training threads the step would
 * **sample warm / cold**: ``OfflineDataModule.sample`` inline, with the dataset's pages in the
   page cache, and after dropping them (``posix_fadvise(DONTNEED)`` on every array file) — with
   10M random rows nearly every row of a cold batch is a disk read;
-* **loop cold, prefetch P**: the real training loop — the datamodule's batch stream (background
-  prefetch of P batches, data.prefetch) feeding ``train_step`` — from a cold cache; the overhead
-  is (loop time per step − step time) / loop time per step, i.e. the share of a training step
-  lost to sampling. The goal of issue #8 is under 5 %.
+* **loop warm / cold, prefetch P**: the real training loop — the datamodule's batch stream
+  (background prefetch of P batches, data.prefetch) feeding ``train_step`` — against the same
+  number of steps on pre-sampled batches, alternated in --rounds rounds (the machine's speed
+  drifts by ±20 % between minutes, so only the two measured back to back compare). The share of a
+  training step lost to sampling is (loop − alone) / loop per round; the table gives the median
+  and the range over rounds. Cold: the dataset's pages are dropped before every loop block. The
+  goal of issue #8 is under 5 %.
 
 Run:
     python benchmarks/sampling.py                         # 10M transitions in /tmp/lightning_marl_sampling
-    python benchmarks/sampling.py --transitions 1000000 --steps 300
+    python benchmarks/sampling.py --transitions 1000000 --steps 200 --rounds 3
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -36,6 +40,7 @@ from lightning_marl.algorithms.omiga import OMIGA  # noqa: E402
 from lightning_marl.data.datamodule import OfflineDataModule, _BatchStream  # noqa: E402
 from lightning_marl.data.dataset import load_dataset, write_dataset  # noqa: E402
 from lightning_marl.data.schema import TaskSpec  # noqa: E402
+from lightning_marl.malloc import tune_malloc  # noqa: E402
 
 AGENTS, OBS, ACTION, EPISODE_LEN = 3, 18, 2, 100
 
@@ -107,6 +112,13 @@ def warm_page_cache(path: Path) -> None:
                 pass
 
 
+def ms_per_step(fn, steps: int) -> float:
+    start = time.perf_counter()
+    for k in range(steps):
+        fn(k)
+    return 1e3 * (time.perf_counter() - start) / steps
+
+
 def per_call_ms(fn, seconds: float = 2.0, first: int = 0) -> float:
     fn(first)
     calls, start = 0, time.perf_counter()
@@ -121,11 +133,17 @@ def main() -> None:
     parser.add_argument("--transitions", type=int, default=10_000_000)
     parser.add_argument("--dir", default="/tmp/lightning_marl_sampling")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=400, help="training steps per loop measurement")
+    parser.add_argument("--steps", type=int, default=300, help="training steps per block (loop or alone)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternated (alone, loop) pairs per configuration")
     parser.add_argument("--prefetch", type=int, nargs="+", default=[0, 4, 16])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="keep glibc's default malloc settings (default: fit's, lightning_marl.malloc)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    malloc = "glibc's defaults"
+    if not args.glibc_malloc and tune_malloc():  # what fit does: a new batch's buffers come back without page faults
+        malloc = "tuned as fit tunes it"
 
     path = Path(args.dir) / f"navigation_like_{args.transitions}"
     if not path.exists():
@@ -148,26 +166,40 @@ def main() -> None:
         (warm_page_cache if cache == "warm" else drop_page_cache)(path)
         samples[cache] = per_call_ms(datamodule.sample, seconds=2.0, first=10_000 + len(samples) * 10_000)
         for depth in args.prefetch:
-            (warm_page_cache if cache == "warm" else drop_page_cache)(path)
-            stream = iter(_BatchStream(OfflineDataModule(dataset, args.batch, seed=100 + depth, prefetch=depth)))
-            module.train_step(next(stream))
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                module.train_step(next(stream))
-            loop_ms = 1e3 * (time.perf_counter() - start) / args.steps
-            stream.close()
-            loops.append((cache, depth, loop_ms, max(0.0, loop_ms - step_ms) / loop_ms))
+            alone, loop = [], []
+            for round_ in range(args.rounds):
+                def timed_loop():
+                    if cache == "cold":
+                        drop_page_cache(path)
+                    seed = 100 + 10 * depth + round_
+                    stream = iter(_BatchStream(OfflineDataModule(dataset, args.batch, seed=seed, prefetch=depth)))
+                    module.train_step(next(stream))
+                    loop.append(ms_per_step(lambda k: module.train_step(next(stream)), args.steps))
+                    stream.close()
+
+                def timed_alone():
+                    alone.append(ms_per_step(lambda k: module.train_step(pool[k % 64]), args.steps))
+
+                for measure in ((timed_alone, timed_loop) if round_ % 2 == 0 else (timed_loop, timed_alone)):
+                    measure()
+            shares = [max(0.0, b - a) / b for a, b in zip(alone, loop)]
+            loops.append((cache, depth, statistics.median(alone), statistics.median(loop), shares))
 
     print(f"\ndataset {path}: {args.transitions:,} transitions, {size_gb:.1f} GB on disk, "
-          f"{len(dataset.transitions.keys(True, True))} arrays; batch {args.batch}; {args.threads} threads")
-    print("| measurement | ms per batch or step | sampling's share of a training step |")
+          f"{len(dataset.transitions.keys(True, True))} arrays; batch {args.batch}; {args.threads} threads; "
+          f"malloc: {malloc}")
+    print(f"OMIGA train_step (3 agents, hidden 256) on 64 pre-sampled batches: {step_ms:.2f} ms")
+    print("| measurement | ms per batch | its share beside the step |")
     print("|---|---|---|")
-    print(f"| OMIGA train_step alone (3 agents, hidden 256, 64 pre-sampled batches) | {step_ms:.2f} | - |")
     for cache, ms in samples.items():
         print(f"| sample alone, {cache} page cache | {ms:.3f} | {ms / (ms + step_ms):.1%} |")
-    for cache, depth, loop_ms, overhead in loops:
+    print(f"\n{args.rounds} rounds of {args.steps} steps each way, medians:")
+    print("| training loop | ms per step, loop | ms per step, pre-sampled | sampling's share of a step | per round |")
+    print("|---|---|---|---|---|")
+    for cache, depth, alone_ms, loop_ms, shares in loops:
         label = "inline" if depth == 0 else f"prefetch {depth}"
-        print(f"| training loop, {cache} page cache, {label} | {loop_ms:.2f} | {overhead:.1%} |")
+        rounds = " ".join(f"{share:.1%}" for share in shares)
+        print(f"| {cache} page cache, {label} | {loop_ms:.2f} | {alone_ms:.2f} | {statistics.median(shares):.1%} | {rounds} |")
 
 
 if __name__ == "__main__":

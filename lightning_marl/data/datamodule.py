@@ -10,6 +10,9 @@ background threads fetch the next ``prefetch`` batches while the current step co
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import numpy as np
 import torch
 from lightning import LightningDataModule
@@ -46,21 +49,76 @@ class RowGather:
 
     def __init__(self, transitions):
         self.leaves = [(key, transitions.get(key)) for key in transitions.keys(True, True)]
+        # Each leaf as (the names of the sub-dicts it sits in, its own name, the array).
+        self._plan = [(key[:-1], key[-1], leaf) if isinstance(key, tuple) else ((), key, leaf)
+                      for key, leaf in self.leaves]
         devices = {leaf.device for _, leaf in self.leaves}
         # A batch that names its device (all arrays on one) is handed to the step as it is;
         # without one, Lightning's transfer_batch_to_device rebuilds it every step (~38 µs).
         self.device = transitions.device if transitions.device is not None or len(devices) != 1 else devices.pop()
 
     def __call__(self, index: torch.Tensor):
-        batch = TensorDict({}, batch_size=index.shape, device=self.device)
-        for key, leaf in self.leaves:
-            batch.set(key, torch.index_select(leaf, 0, index))
-        return batch
+        source = {}
+        for parents, name, leaf in self._plan:
+            branch = source
+            for part in parents:
+                branch = branch.setdefault(part, {})
+            branch[name] = torch.index_select(leaf, 0, index)
+        return _unchecked_tensordict(source, index.shape, self.device)
+
+
+def _unchecked_tensordict(source: dict, batch_size, device) -> TensorDict:
+    """``TensorDict(source, batch_size, device)`` (nested dicts become nested TensorDicts) without
+    the constructor's per-value shape and device checks, ~3 µs a key: the values are rows gathered
+    from arrays that loading already checked. tensordict's unchecked constructor is private;
+    without it (another tensordict version) the checked one runs. A batch of the default dataset
+    (11 arrays): 35 µs instead of 63."""
+    if _NEW_UNSAFE is not None:
+        return _NEW_UNSAFE(source, batch_size=batch_size, device=device)
+    return TensorDict(source, batch_size=batch_size, device=device)
+
+
+_NEW_UNSAFE = getattr(TensorDict, "_new_unsafe", None)
 
 
 def sample_seed(seed: int, rank: int, iteration: int) -> int:
     """A 63-bit seed that depends on every element of (seed, rank, iteration)."""
     return int(np.random.SeedSequence([seed, rank, iteration]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+SEED_BLOCK = 64
+
+
+@functools.lru_cache(maxsize=16)
+def _seed_block(seed: int, rank: int, block: int) -> tuple[int, ...]:
+    start = block * SEED_BLOCK
+    return tuple(sample_seed(seed, rank, i) for i in range(start, start + SEED_BLOCK))
+
+
+def batch_seed(seed: int, rank: int, iteration: int) -> int:
+    """``sample_seed(seed, rank, iteration)`` for a batch stream, which asks for one iteration after
+    the other: computed ``SEED_BLOCK`` iterations at a time. numpy's SeedSequence takes ~6 µs a
+    call in a tight loop but ~45 µs between two training steps (measured inside OMIGA's loop),
+    its code and data having left the caches meanwhile.
+
+    Example:
+        >>> batch_seed(0, 1, 70) == sample_seed(0, 1, 70)
+        True
+    """
+    return _seed_block(seed, rank, iteration // SEED_BLOCK)[iteration % SEED_BLOCK]
+
+
+_THREAD_GENERATORS = threading.local()
+
+
+def thread_generator(device) -> torch.Generator:
+    """This thread's reusable generator on ``device``, to be seeded by the caller (``manual_seed``
+    resets it completely: the same draws as a new generator, without creating one per batch)."""
+    generators = _THREAD_GENERATORS.__dict__.setdefault("by_device", {})
+    key = str(device)
+    if key not in generators:
+        generators[key] = torch.Generator(device=device)
+    return generators[key]
 
 
 class EpisodeSlices:
@@ -222,10 +280,11 @@ class OfflineDataModule(LightningDataModule):
 
     def sample_for_rank(self, rank: int, iteration: int):
         """The batch rank ``rank`` draws at ``iteration`` (TensorDict [batch_size]): rows drawn
-        uniformly with replacement. Thread-safe: the generator is local to the call."""
+        uniformly with replacement by a generator seeded with ``sample_seed(seed, rank,
+        iteration)``. Thread-safe: each thread seeds its own generator."""
         self.setup()
-        generator = torch.Generator(device=self._storage_device)
-        generator.manual_seed(sample_seed(self.seed, rank, iteration))
+        generator = thread_generator(self._storage_device)
+        generator.manual_seed(batch_seed(self.seed, rank, iteration))
         if self.slices is not None:
             return self.slices.sample(self._gather, self.batch_size, generator)
         index = torch.randint(len(self.buffer), (self.batch_size,), generator=generator, device=self._storage_device)

@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import torch
 
-from lightning_marl.data.datamodule import OfflineDataModule, _identity, sample_seed
+from lightning_marl.data.datamodule import OfflineDataModule, _identity, batch_seed
 from lightning_marl.data.dataset import Dataset
 from lightning_marl.envs import env_spec, make_env
 from lightning_marl.errors import ConfigError
@@ -136,7 +136,7 @@ class OnlineDataModule(OfflineDataModule):
         return sorted(offline & online, key=str)
 
     def sample_for_rank(self, rank: int, iteration: int):
-        seed = sample_seed(self.seed, rank, iteration)
+        seed = batch_seed(self.seed, rank, iteration)
         online = self.online_buffer.sample(self.n_online, seed ^ 0x0A11) if self.n_online else None
         if not self.n_offline:
             return online
