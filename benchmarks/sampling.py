@@ -166,7 +166,7 @@ def main() -> None:
         (warm_page_cache if cache == "warm" else drop_page_cache)(path)
         samples[cache] = per_call_ms(datamodule.sample, seconds=2.0, first=10_000 + len(samples) * 10_000)
         for depth in args.prefetch:
-            alone, loop = [], []
+            alone, loop, fetch = [], [], []
             for round_ in range(args.rounds):
                 def timed_loop():
                     if cache == "cold":
@@ -174,7 +174,16 @@ def main() -> None:
                     seed = 100 + 10 * depth + round_
                     stream = iter(_BatchStream(OfflineDataModule(dataset, args.batch, seed=seed, prefetch=depth)))
                     module.train_step(next(stream))
-                    loop.append(ms_per_step(lambda k: module.train_step(next(stream)), args.steps))
+                    fetching = [0.0]
+
+                    def step(k):
+                        start = time.perf_counter()
+                        batch = next(stream)
+                        fetching[0] += time.perf_counter() - start
+                        module.train_step(batch)
+
+                    loop.append(ms_per_step(step, args.steps))
+                    fetch.append(1e3 * fetching[0] / args.steps)
                     stream.close()
 
                 def timed_alone():
@@ -183,7 +192,7 @@ def main() -> None:
                 for measure in ((timed_alone, timed_loop) if round_ % 2 == 0 else (timed_loop, timed_alone)):
                     measure()
             shares = [max(0.0, b - a) / b for a, b in zip(alone, loop)]
-            loops.append((cache, depth, statistics.median(alone), statistics.median(loop), shares))
+            loops.append((cache, depth, statistics.median(alone), statistics.median(loop), shares, fetch, loop))
 
     print(f"\ndataset {path}: {args.transitions:,} transitions, {size_gb:.1f} GB on disk, "
           f"{len(dataset.transitions.keys(True, True))} arrays; batch {args.batch}; {args.threads} threads; "
@@ -194,12 +203,15 @@ def main() -> None:
     for cache, ms in samples.items():
         print(f"| sample alone, {cache} page cache | {ms:.3f} | {ms / (ms + step_ms):.1%} |")
     print(f"\n{args.rounds} rounds of {args.steps} steps each way, medians:")
-    print("| training loop | ms per step, loop | ms per step, pre-sampled | sampling's share of a step | per round |")
-    print("|---|---|---|---|---|")
-    for cache, depth, alone_ms, loop_ms, shares in loops:
+    print("| training loop | ms per step, loop | ms per step, pre-sampled | (loop - pre-sampled) / loop | per round "
+          "| ms fetching a batch, in the loop | its share of the loop's step |")
+    print("|---|---|---|---|---|---|---|")
+    for cache, depth, alone_ms, loop_ms, shares, fetch, loop in loops:
         label = "inline" if depth == 0 else f"prefetch {depth}"
         rounds = " ".join(f"{share:.1%}" for share in shares)
-        print(f"| {cache} page cache, {label} | {loop_ms:.2f} | {alone_ms:.2f} | {statistics.median(shares):.1%} | {rounds} |")
+        fetch_share = statistics.median(f / t for f, t in zip(fetch, loop))
+        print(f"| {cache} page cache, {label} | {loop_ms:.2f} | {alone_ms:.2f} | {statistics.median(shares):.1%} | {rounds} "
+              f"| {statistics.median(fetch):.3f} | {fetch_share:.1%} |")
 
 
 if __name__ == "__main__":
