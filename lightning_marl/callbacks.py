@@ -39,6 +39,10 @@ class IterationCheckpoint(L.Callback):
             for stale in self.dirpath.glob(".last.ckpt.tmp-*"):  # left by a process killed mid-write
                 stale.unlink(missing_ok=True)
 
+    def iteration_periods(self, trainer) -> tuple[int, ...]:
+        """Lightning batches end at multiples of these (``data.datamodule.group_end``)."""
+        return (self.every,)
+
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if module.iteration % self.every == 0:
             self.save(trainer)
@@ -48,9 +52,10 @@ class IterationCheckpoint(L.Callback):
 
 
 class GracefulStop(L.Callback):
-    """SIGINT or SIGTERM stops training at the end of the current iteration, with a checkpoint.
+    """SIGINT or SIGTERM stops training at the end of the current Lightning batch (one iteration,
+    or ``iterations_per_batch`` of them), with a checkpoint.
 
-    The first signal finishes the iteration in progress and ends the run normally, so
+    The first signal finishes the batch in progress and ends the run normally, so
     IterationCheckpoint saves ``last.ckpt`` at that iteration (a second SIGINT interrupts at once). Under DDP the ranks agree on the stop through
     one reduction every ``sync_every`` iterations, so they stop at the same iteration.
     """
@@ -71,6 +76,9 @@ class GracefulStop(L.Callback):
         for signum in self.SIGNALS:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handler)
+
+    def iteration_periods(self, trainer) -> tuple[int, ...]:
+        return (self.sync_every,) if trainer.world_size > 1 else ()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         requested = self.received is not None
@@ -138,6 +146,9 @@ class EvaluationCallback(L.Callback):
             module.logger.log_metrics(metrics, step=module.iteration)
         return entry
 
+    def iteration_periods(self, trainer) -> tuple[int, ...]:
+        return (self.every,) if self.env_cfg is not None and self.every else ()  # (the same on every rank)
+
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.env is not None and self.every and module.iteration % self.every == 0:
             self.evaluate(module)
@@ -178,6 +189,9 @@ class IterationProgressBar(TQDMProgressBar):
         self.train_progress_bar.reset(total=module.config.steps)
         self.train_progress_bar.initial = module.iteration
         self.train_progress_bar.set_description("training")
+
+    def iteration_periods(self, trainer) -> tuple[int, ...]:
+        return (self.refresh_every,)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if module.iteration % self.refresh_every == 0 or module.iteration >= module.config.steps:

@@ -124,6 +124,7 @@ class RunConfig:
     resume: Optional[str] = None
     progress: bool = True
     tune_malloc: bool = True  # glibc: keep freed buffers for reuse, no page faults per step (lightning_marl.malloc)
+    iterations_per_batch: int = 8  # fit: method iterations per Lightning batch (its per-batch work paid once); same results
     compile: bool = False  # torch.compile the method's losses (forward and backward); "reduce-overhead" (CUDA graphs) on CUDA
     online: Optional[OnlineConfig] = None  # online fine-tuning (finetune); see OnlineConfig
     init: Optional[str] = None  # finetune: the checkpoint whose weights start the run
@@ -300,6 +301,9 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError("algorithm.steps must be >= 0 and algorithm.batch_size >= 1")
     if cfg.log_every < 1 or cfg.checkpoint_every < 1:
         raise ConfigError("log_every and checkpoint_every must be >= 1")
+    if cfg.iterations_per_batch < 1:
+        raise ConfigError(f"iterations_per_batch must be >= 1 (1: one iteration per Lightning batch), "
+                          f"found {cfg.iterations_per_batch}")
     for index, plugin in enumerate(cfg.plugins):
         plugin_params(plugin, f"plugins.{index}")
     if cfg.get("online") is not None:

@@ -51,6 +51,7 @@ def test_misspelt_keys_name_the_closest_valid_ones(override, expected):
         ("seed=abc", r"seed"),
         ("deterministic=maybe", r"deterministic"),
         ("logger=wandb", r"logger must be one of"),
+        ("iterations_per_batch=0", r"iterations_per_batch must be >= 1 \(1: one iteration per Lightning batch\)"),
     ],
 )
 def test_wrong_types_are_refused(override, expected):

@@ -39,6 +39,15 @@ def _checkpoint(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
+def _assert_same_training_state(a, b):
+    """Two checkpoints hold bit-identical weights and Adam states."""
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"]):
+        for (_, sa), (_, sb) in zip(sorted(opt_a["state"].items()), sorted(opt_b["state"].items())):
+            assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["step"], sb["step"])
+
+
 def test_fit_writes_a_complete_run_directory(tmp_path, climbing_dataset):
     summary = fit(_cfg(climbing_dataset, tmp_path / "run"))
     run = tmp_path / "run"
@@ -94,11 +103,35 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, algorithm, data, r
 
     a, b = _checkpoint(full), _checkpoint(broken)
     assert b["lightning_marl"]["iteration"] == 20
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), key
-    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"]):
-        for (_, sa), (_, sb) in zip(sorted(opt_a["state"].items()), sorted(opt_b["state"].items())):
-            assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["step"], sb["step"])
+    _assert_same_training_state(a, b)
+
+
+class BatchEnds(L.Callback):
+    def __init__(self):
+        self.iterations = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.iterations.append(module.iteration)
+
+
+def test_iterations_per_batch_changes_nothing_but_the_speed(tmp_path, climbing_dataset):
+    """Grouped iterations run on the same batches (batch k is drawn for iteration k either way);
+    Lightning batches end at every multiple of the checkpoint and evaluation periods and at the
+    last iteration, where the callbacks act as with one iteration per batch."""
+    runs = {}
+    for per_batch in (1, 6):
+        ends = BatchEnds()
+        summary = fit(_cfg(climbing_dataset, tmp_path / f"k{per_batch}", "algorithm.steps=40", "eval.every=17",
+                           "checkpoint_every=13", "log_every=100", f"iterations_per_batch={per_batch}"),
+                      extra_callbacks=[ends])
+        runs[per_batch] = (_checkpoint(tmp_path / f"k{per_batch}"), summary, ends.iterations)
+    (one, one_summary, one_ends), (six, six_summary, six_ends) = runs[1], runs[6]
+    assert one_ends == list(range(1, 41))
+    assert six_ends == [6, 12, 13, 17, 23, 26, 32, 34, 39, 40]
+    assert [e["iteration"] for e in six_summary["history"]] == [e["iteration"] for e in one_summary["history"]] == [17, 34, 40]
+    assert [e["return_mean"] for e in six_summary["history"]] == [e["return_mean"] for e in one_summary["history"]]
+    assert six["lightning_marl"]["iteration"] == 40
+    _assert_same_training_state(one, six)
 
 
 def test_deterministic_runs_are_bit_identical(tmp_path, continuous_dataset):

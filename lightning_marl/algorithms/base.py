@@ -350,9 +350,12 @@ class OfflineMARLModule(L.LightningModule):
             self.trainer.should_stop = True
 
     def training_step(self, batch, batch_idx):
-        stats = self.train_step(batch)
-        if self.iteration % self.log_every == 0 or self.iteration == self.config.steps:
-            self._log_stats(stats)
+        """One iteration per batch; a list of batches (the datamodule's ``iterations_per_batch``)
+        runs one iteration per batch in it."""
+        for one in batch if isinstance(batch, list) else (batch,):
+            stats = self.train_step(one)
+            if self.iteration % self.log_every == 0 or self.iteration == self.config.steps:
+                self._log_stats(stats)
 
     def _log_stats(self, stats: dict) -> None:
         now = time.perf_counter()

@@ -65,6 +65,9 @@ class OnlineDataModule(OfflineDataModule):
         self.n_offline = round(online.offline_ratio * batch_size)
         self.n_online = batch_size - self.n_offline
         # Batches are sampled at step time (after collection): no background prefetch.
+        # One iteration per Lightning batch: iteration k's batch is drawn after step k-1 (its collection
+        # uses the policy as it is then), so iterations cannot be grouped ahead.
+        kwargs["iterations_per_batch"] = 1
         super().__init__(dataset, max(self.n_offline, 1), seed=seed, device=device, prefetch=0, **kwargs)
         self.total_batch_size = batch_size
         self.env_cfg = env

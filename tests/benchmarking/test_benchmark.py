@@ -145,14 +145,23 @@ def test_a_broken_run_is_retried_once_then_reported_and_the_suite_goes_on(tmp_pa
 
 
 class SignalAt(L.Callback):
-    """Sends this process SIGINT after ``iteration``: GracefulStop ends the run there with a checkpoint."""
+    """Sends this process SIGINT right after iteration ``iteration``, inside the training step as a
+    signal from outside arrives: GracefulStop ends the run at the end of that Lightning batch (which
+    ends at every multiple of the evaluation period) with a checkpoint."""
 
     def __init__(self, iteration):
         self.iteration = iteration
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if module.iteration == self.iteration:
-            os.kill(os.getpid(), signal.SIGINT)
+    def on_train_start(self, trainer, module):
+        step = module.train_step
+
+        def train_step(batch):
+            stats = step(batch)
+            if module.iteration == self.iteration:
+                os.kill(os.getpid(), signal.SIGINT)
+            return stats
+
+        module.train_step = train_step
 
 
 def test_an_interrupted_suite_resumes_from_the_checkpoint(tmp_path, climbing_dataset, monkeypatch):

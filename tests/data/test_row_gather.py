@@ -71,3 +71,18 @@ def test_the_batch_of_an_iteration_is_fixed_by_seed_rank_and_iteration_alone(cli
     for batch, iteration in zip(from_thread, iterations):
         assert (batch == expected(1, iteration)).all(), iteration
     assert [batch_seed(7, 2, i) for i in range(2 * SEED_BLOCK + 3)] == [sample_seed(7, 2, i) for i in range(2 * SEED_BLOCK + 3)]
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_grouped_streams_hold_the_batches_of_consecutive_iterations(climbing_dataset, prefetch):
+    from lightning_marl.data.datamodule import _BatchStream
+
+    datamodule = OfflineDataModule(load_dataset(climbing_dataset.path), batch_size=8, seed=2, prefetch=prefetch,
+                                   iterations_per_batch=3)
+    datamodule.setup()
+    stream = iter(_BatchStream(datamodule))
+    groups = [next(stream) for _ in range(3)]
+    stream.close()
+    assert [len(group) for group in groups] == [3, 3, 3]
+    for k, batch in enumerate(batch for group in groups for batch in group):
+        assert (batch == datamodule.sample(k)).all(), k
