@@ -489,9 +489,11 @@ def machine_peak(peaks: dict) -> tuple[float | None, bool, str]:
 
 
 class LightningRunner:
-    """The same OMIGA through ``lightning.Trainer.fit`` over a small on-disk dataset."""
+    """The same OMIGA through ``lightning.Trainer.fit`` over a small on-disk dataset, grouping
+    iterations per Lightning batch as ``fit`` does (``iterations_per_batch``)."""
 
     def __init__(self, n: int, directory: str, seed: int = 0):
+        from lightning_marl.config import RunConfig
         from lightning_marl.data.datamodule import OfflineDataModule
         from lightning_marl.data.dataset import write_dataset
         from lightning_marl.run import quiet_lightning
@@ -500,7 +502,8 @@ class LightningRunner:
         warnings.filterwarnings("ignore", module="lightning")
         td = random_transitions(n, 4096, torch.Generator().manual_seed(seed))
         dataset = write_dataset(os.path.join(directory, f"omiga_{n}"), td, {"spec": task_spec(n), "quality": "random"})
-        self.datamodule = OfflineDataModule(dataset, batch_size=BATCH, seed=seed)
+        self.datamodule = OfflineDataModule(dataset, batch_size=BATCH, seed=seed,
+                                            iterations_per_batch=RunConfig.iterations_per_batch)
         self.module = build_ours(n)
 
     def run(self, seconds: float, warmup: int = 20) -> float:
