@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 
 from lightning_marl.algorithms.omiga import OMIGA  # noqa: E402
+from lightning_marl.config import RunConfig  # noqa: E402
 from lightning_marl.data.datamodule import OfflineDataModule, _BatchStream  # noqa: E402
 from lightning_marl.data.dataset import load_dataset, write_dataset  # noqa: E402
 from lightning_marl.data.schema import TaskSpec  # noqa: E402
@@ -112,6 +113,10 @@ def warm_page_cache(path: Path) -> None:
                 pass
 
 
+def as_list(item) -> list:
+    return item if isinstance(item, list) else [item]
+
+
 def ms_per_step(fn, steps: int) -> float:
     start = time.perf_counter()
     for k in range(steps):
@@ -135,6 +140,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=300, help="training steps per block (loop or alone)")
     parser.add_argument("--rounds", type=int, default=5, help="alternated (alone, loop) pairs per configuration")
+    parser.add_argument("--iterations-per-batch", type=int, default=RunConfig.iterations_per_batch,
+                        help="batches the stream hands over at once, as fit's iterations_per_batch (default: fit's)")
     parser.add_argument("--prefetch", type=int, nargs="+", default=[0, 4, 16])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--glibc-malloc", action="store_true",
@@ -172,18 +179,20 @@ def main() -> None:
                     if cache == "cold":
                         drop_page_cache(path)
                     seed = 100 + 10 * depth + round_
-                    stream = iter(_BatchStream(OfflineDataModule(dataset, args.batch, seed=seed, prefetch=depth)))
-                    module.train_step(next(stream))
-                    fetching = [0.0]
-
-                    def step(k):
-                        start = time.perf_counter()
-                        batch = next(stream)
-                        fetching[0] += time.perf_counter() - start
+                    stream = iter(_BatchStream(OfflineDataModule(dataset, args.batch, seed=seed, prefetch=depth,
+                                                                 iterations_per_batch=args.iterations_per_batch)))
+                    for batch in as_list(next(stream)):
                         module.train_step(batch)
-
-                    loop.append(ms_per_step(step, args.steps))
-                    fetch.append(1e3 * fetching[0] / args.steps)
+                    fetching, steps, start = 0.0, 0, time.perf_counter()
+                    while steps < args.steps:  # (whole groups: a few steps more than asked at most)
+                        fetched = time.perf_counter()
+                        group = as_list(next(stream))
+                        fetching += time.perf_counter() - fetched
+                        for batch in group:
+                            module.train_step(batch)
+                        steps += len(group)
+                    loop.append(1e3 * (time.perf_counter() - start) / steps)
+                    fetch.append(1e3 * fetching / steps)
                     stream.close()
 
                 def timed_alone():
@@ -196,7 +205,7 @@ def main() -> None:
 
     print(f"\ndataset {path}: {args.transitions:,} transitions, {size_gb:.1f} GB on disk, "
           f"{len(dataset.transitions.keys(True, True))} arrays; batch {args.batch}; {args.threads} threads; "
-          f"malloc: {malloc}")
+          f"malloc: {malloc}; the loop's stream hands over {args.iterations_per_batch} batch(es) at a time")
     print(f"OMIGA train_step (3 agents, hidden 256) on 64 pre-sampled batches: {step_ms:.2f} ms")
     print("| measurement | ms per batch | its share beside the step |")
     print("|---|---|---|")
