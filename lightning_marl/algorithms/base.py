@@ -24,7 +24,7 @@ from torch import nn
 
 from lightning_marl.config import AlgorithmConfig
 from lightning_marl.data import schema
-from lightning_marl.data.datamodule import sample_seed
+from lightning_marl.data.datamodule import batch_seed
 from lightning_marl.data.schema import TaskSpec
 from lightning_marl.errors import ConfigError, PluginError, TrainingError
 from lightning_marl.nets.optim import ClippedAdam, clip_group_gradients
@@ -211,7 +211,7 @@ class OfflineMARLModule(L.LightningModule):
         if pending is not None:
             self.__dict__["_rng_seed_iteration"] = None  # written past nn.Module.__setattr__ (slower)
             rank = self.global_rank if self._trainer is not None else 0
-            self._rng.manual_seed(sample_seed(self.seed, rank, pending) ^ 0x5EED)
+            self._rng.manual_seed(batch_seed(self.seed, rank, pending) ^ 0x5EED)  # = sample_seed's, in blocks
         return self._rng
 
     def _seed_rng(self) -> None:

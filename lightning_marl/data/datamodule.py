@@ -72,8 +72,8 @@ def _unchecked_tensordict(source: dict, batch_size, device) -> TensorDict:
     """``TensorDict(source, batch_size, device)`` (nested dicts become nested TensorDicts) without
     the constructor's per-value shape and device checks, ~3 µs a key: the values are rows gathered
     from arrays that loading already checked. tensordict's unchecked constructor is private;
-    without it (another tensordict version) the checked one runs. A batch of the default dataset
-    (11 arrays): 35 µs instead of 63."""
+    without it (another tensordict version) the checked one runs. ``RowGather`` on the default
+    dataset (11 arrays): 41 µs a batch this way, 63 µs filling a TensorDict key by key."""
     if _NEW_UNSAFE is not None:
         return _NEW_UNSAFE(source, batch_size=batch_size, device=device)
     return TensorDict(source, batch_size=batch_size, device=device)
