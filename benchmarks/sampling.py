@@ -20,7 +20,7 @@ transition, 9 GB at 10M), then measures with the training threads the step would
 
 Run:
     python benchmarks/sampling.py                         # 10M transitions in /tmp/lightning_marl_sampling
-    python benchmarks/sampling.py --transitions 1000000 --steps 200 --rounds 3
+    python benchmarks/sampling.py --transitions 1000000 --steps 200 --settle 500 --rounds 3
 """
 
 from __future__ import annotations
