@@ -108,14 +108,6 @@ def open_dataset(path: Path, cache: str):
     return load_dataset(path, verify="never")
 
 
-def first_batches_ms(sample, batches: int, first: int) -> float:
-    """Mean ms per batch of the first ``batches`` batches from a fresh mapping."""
-    start = time.perf_counter()
-    for k in range(batches):
-        sample(first + k)
-    return 1e3 * (time.perf_counter() - start) / batches
-
-
 def drop_page_cache(path: Path) -> None:
     """Evict the dataset's pages (written back first: DONTNEED leaves dirty pages in the cache)."""
     for file in path.rglob("*.bin"):
@@ -144,6 +136,11 @@ def ms_per_step(fn, steps: int) -> float:
     for k in range(steps):
         fn(k)
     return 1e3 * (time.perf_counter() - start) / steps
+
+
+def batches_ms(sample, first: int, batches: int) -> float:
+    """Mean ms per batch of ``sample(first)``, ..., ``sample(first + batches - 1)``."""
+    return ms_per_step(lambda k: sample(first + k), batches)
 
 
 def per_call_ms(fn, seconds: float = 2.0, first: int = 0) -> float:
@@ -198,10 +195,9 @@ def main() -> None:
     for cache in ("warm", "cold"):
         datamodule = OfflineDataModule(open_dataset(path, cache), args.batch, seed=0)
         first = 10_000 + len(samples) * 100_000
-        samples[cache] = (first_batches_ms(datamodule.sample, args.steps, first),
-                          first_batches_ms(datamodule.sample, args.settle, first + args.steps),
-                          first_batches_ms(datamodule.sample, args.steps, first + args.steps + args.settle))
-        del datamodule
+        windows = ((first, args.steps), (first + args.steps, args.settle), (first + args.steps + args.settle, args.steps))
+        samples[cache] = tuple(batches_ms(datamodule.sample, start, batches) for start, batches in windows)
+        del datamodule  # (a live mapping keeps its pages cached: see open_dataset)
         for depth in args.prefetch:
             alone, loop, fetch, settling = [], [], [], []
             for round_ in range(args.rounds):

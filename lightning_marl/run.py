@@ -132,7 +132,7 @@ def quiet_lightning() -> None:
 def fit(cfg, datamodule_class=OfflineDataModule, extra_callbacks=()) -> dict:
     """Train the configured method; returns the summary (also in run_dir/eval.json)."""
     quiet_lightning()
-    if cfg.get("tune_malloc", True):
+    if cfg.tune_malloc:
         tune_malloc()
     ckpt_path = resume_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -159,7 +159,7 @@ def fit(cfg, datamodule_class=OfflineDataModule, extra_callbacks=()) -> dict:
         atomic_write_json(run_dir / "dataset.json", dataset_info)
 
     datamodule = datamodule_class(dataset, cfg.algorithm.batch_size, seed=cfg.seed, device=cfg.data.device,
-                                  prefetch=cfg.data.prefetch, iterations_per_batch=cfg.get("iterations_per_batch", 1))
+                                  prefetch=cfg.data.prefetch, iterations_per_batch=cfg.iterations_per_batch)
     if cfg.logger == "csv":
         logger = CSVLogger(save_dir=str(run_dir), name="logs", version="")
     else:

@@ -62,8 +62,8 @@ def chosen_and_gap(values: torch.Tensor, action: torch.Tensor,
     """
     if torch.is_grad_enabled() and values.requires_grad:
         return _CQLGap.apply(values, action, mask)
-    gap, _, _, index, data = _cql_gap(values, action, mask)
-    return values.gather(-1, index).squeeze(-1) if data.dtype != values.dtype else data.squeeze(-1), gap
+    gap, _, _, _, data = _cql_gap(values, action, mask)
+    return data.squeeze(-1).to(values.dtype), gap
 
 
 def _cql_gap(values: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None):

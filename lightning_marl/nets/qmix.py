@@ -78,8 +78,7 @@ def _mix_one(values: torch.Tensor, state: torch.Tensor, n: int, e: int, paramete
     """Q_tot [B, 1] of values [B, N] at state [B, S] (``QMIXMixer._mixing_parameters()`` order), and
     what ``_MixOne``'s backward needs: w1 and w2 before their abs, w1 [B, N, E], w2 [B, E], the
     mixing layer's ELU output [B, E] and V's hidden ReLU output [B, E]."""
-    weight = torch.cat(parameters[0:8:2])  # the four layers that read the state, as one product
-    out = torch.addmm(torch.cat(parameters[1:8:2]), state, weight.t())  # [B, (N + 3) E]
+    out, _ = _stacked_product(state, parameters[:8])  # the four layers that read the state, [B, (N + 3) E]
     signed, w1, w2, b1, v_hidden = _heads(out, n, e)
     v = torch.addmm(parameters[9], v_hidden, parameters[8].t())  # [B, 1]
     hidden = F.elu((values.unsqueeze(-1) * w1).sum(1) + b1)
@@ -112,9 +111,8 @@ class _MixOne(torch.autograd.Function):
             grad_w1 = (values.unsqueeze(-1) * grad_pre.unsqueeze(1)).flatten(1)
             grad_signed = torch.cat([grad_w1, grad * hidden], -1).mul_(signed.sgn())
             grad_v_hidden = torch.ops.aten.threshold_backward(grad.mm(v_weight), v_hidden, 0)
-            grad_out = torch.cat([grad_signed, grad_pre, grad_v_hidden], -1)
-            grads[0:8:2] = grad_out.t().mm(state).split(ctx.sizes)
-            grads[1:8:2] = grad_out.sum(0).split(ctx.sizes)
+            grads[0:8:2], grads[1:8:2] = _stacked_parameter_gradients(
+                torch.cat([grad_signed, grad_pre, grad_v_hidden], -1), state, ctx.sizes)
         if needs[12] or needs[13]:
             grads[8], grads[9] = grad.t().mm(v_hidden), grad.sum(0)
         return (grad_values, None, None, None, *grads)
@@ -137,7 +135,19 @@ def stacked_linear(x: torch.Tensor, layers) -> torch.Tensor:
     if (torch.is_grad_enabled() and any(t.requires_grad for t in weights_and_biases)
             and not torch.is_autocast_enabled(x.device.type)):
         return _StackedLinear.apply(x, *weights_and_biases)
-    return torch.addmm(torch.cat(weights_and_biases[1::2]), x, torch.cat(weights_and_biases[0::2]).t())
+    return _stacked_product(x, weights_and_biases)[0]
+
+
+def _stacked_product(x: torch.Tensor, weights_and_biases) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, in] through layers W0, b0, W1, b1, ... side by side, and their stacked weight."""
+    weight = torch.cat(weights_and_biases[0::2])
+    return torch.addmm(torch.cat(weights_and_biases[1::2]), x, weight.t()), weight
+
+
+def _stacked_parameter_gradients(grad: torch.Tensor, x: torch.Tensor, sizes) -> tuple[tuple, tuple]:
+    """The weight gradients [out_i, in] (contiguous row blocks of one product) and the bias
+    gradients of stacked layers, from the gradient of their side-by-side output."""
+    return grad.t().mm(x).split(sizes), grad.sum(0).split(sizes)
 
 
 class _StackedLinear(torch.autograd.Function):
@@ -145,15 +155,14 @@ class _StackedLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, *weights_and_biases):
-        weight = torch.cat(weights_and_biases[0::2])
+        out, weight = _stacked_product(x, weights_and_biases)
         ctx.save_for_backward(x, weight)
         ctx.sizes = [w.shape[0] for w in weights_and_biases[0::2]]
-        return torch.addmm(torch.cat(weights_and_biases[1::2]), x, weight.t())
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = grad.mm(weight) if ctx.needs_input_grad[0] else None
-        weight_grads = grad.t().mm(x).split(ctx.sizes)  # [out_i, in] row blocks, contiguous
-        bias_grads = grad.sum(0).split(ctx.sizes)
+        weight_grads, bias_grads = _stacked_parameter_gradients(grad, x, ctx.sizes)
         return grad_x, *(t for pair in zip(weight_grads, bias_grads) for t in pair)
