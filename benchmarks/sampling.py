@@ -16,7 +16,9 @@ transition, 9 GB at 10M), then measures with the training threads the step would
   drifts by ±20 % between minutes, so only the two measured back to back compare). The share of a
   training step lost to sampling is (loop − alone) / loop per round; the table gives the median
   and the range over rounds, and the time spent fetching inside the loop. Every loop block maps
-  the files anew (cold: after dropping their pages). The goal of issue #8 is under 5 %.
+  the files anew (cold: after dropping their pages). The goal of issue #8 is under 5 %;
+* each of the above without and with ``data.warm_page_cache`` (a background thread that reads
+  the files in order and maps their pages, from the moment the datamodule is set up).
 
 Run:
     python benchmarks/sampling.py                         # 10M transitions in /tmp/lightning_marl_sampling
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import statistics
@@ -47,6 +50,7 @@ from lightning_marl.data.schema import TaskSpec  # noqa: E402
 from lightning_marl.malloc import tune_malloc  # noqa: E402
 
 AGENTS, OBS, ACTION, EPISODE_LEN = 3, 18, 2, 100
+WARMER_LABEL = {"false": "", "true": ", warmed in the background"}
 
 
 def tiny_transitions(n: int) -> TensorDict:
@@ -165,6 +169,8 @@ def main() -> None:
     parser.add_argument("--iterations-per-batch", type=int, default=RunConfig.iterations_per_batch,
                         help="batches the stream hands over at once, as fit's iterations_per_batch (default: fit's)")
     parser.add_argument("--prefetch", type=int, nargs="+", default=[0, 4, 16])
+    parser.add_argument("--warm-page-cache", nargs="+", default=["false"], choices=["false", "true"],
+                        help="data.warm_page_cache values to measure (true: a background thread reads the files in)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--glibc-malloc", action="store_true",
                         help="keep glibc's default malloc settings (default: fit's, lightning_marl.malloc)")
@@ -187,16 +193,19 @@ def main() -> None:
     spec = TaskSpec(n_agents=AGENTS, obs_dim=OBS, state_dim=AGENTS * OBS, discrete=False, action_dim=ACTION)
     torch.manual_seed(0)
     module = OMIGA.from_spec(spec, hidden=[256, 256])
-    pool = [OfflineDataModule(dataset, args.batch, seed=0).sample(k).clone() for k in range(64)]
+    pool_source = OfflineDataModule(dataset, args.batch, seed=0, warm_page_cache="false")
+    pool = [pool_source.sample(k).clone() for k in range(64)]
+    del pool_source
     del dataset  # every measurement maps the files anew (see open_dataset)
     step_ms = per_call_ms(lambda k: module.train_step(pool[k % 64]), seconds=3.0)
 
     samples, loops = {}, []
-    for cache in ("warm", "cold"):
-        datamodule = OfflineDataModule(open_dataset(path, cache), args.batch, seed=0)
+    for cache, warmer in itertools.product(("warm", "cold"), args.warm_page_cache):
+        datamodule = OfflineDataModule(open_dataset(path, cache), args.batch, seed=0, warm_page_cache=warmer)
         first = 10_000 + len(samples) * 100_000
         windows = ((first, args.steps), (first + args.steps, args.settle), (first + args.steps + args.settle, args.steps))
-        samples[cache] = tuple(batches_ms(datamodule.sample, start, batches) for start, batches in windows)
+        samples[cache, warmer] = tuple(batches_ms(datamodule.sample, start, batches) for start, batches in windows)
+        datamodule.teardown()
         del datamodule  # (a live mapping keeps its pages cached: see open_dataset)
         for depth in args.prefetch:
             alone, loop, fetch, settling = [], [], [], []
@@ -204,7 +213,8 @@ def main() -> None:
                 def timed_loop():
                     seed = 100 + 10 * depth + round_
                     datamodule = OfflineDataModule(open_dataset(path, cache), args.batch, seed=seed, prefetch=depth,
-                                                   iterations_per_batch=args.iterations_per_batch)
+                                                   iterations_per_batch=args.iterations_per_batch,
+                                                   warm_page_cache=warmer)
                     stream = iter(_BatchStream(datamodule))
                     steps, start = 0, time.perf_counter()
                     while steps < args.settle:
@@ -223,6 +233,7 @@ def main() -> None:
                     loop.append(1e3 * (time.perf_counter() - start) / steps)
                     fetch.append(1e3 * fetching / steps)
                     stream.close()
+                    datamodule.teardown()
 
                 def timed_alone():
                     alone.append(ms_per_step(lambda k: module.train_step(pool[k % 64]), args.steps))
@@ -232,7 +243,7 @@ def main() -> None:
             shares = [max(0.0, b - a) / b for a, b in zip(alone, loop)]
             alone_ms = statistics.median(alone)
             extra = statistics.median(seconds - steps * alone_ms / 1e3 for seconds, steps in settling)
-            loops.append((cache, depth, alone_ms, statistics.median(loop), shares, fetch, loop, extra))
+            loops.append((cache, warmer, depth, alone_ms, statistics.median(loop), shares, fetch, loop, extra))
 
     print(f"\ndataset {path}: {args.transitions:,} transitions, {size_gb:.1f} GB on disk, "
           f"{arrays} arrays; batch {args.batch}; {args.threads} threads; "
@@ -241,15 +252,16 @@ def main() -> None:
     print(f"| sampling alone from a fresh mapping, ms per batch | first {args.steps} | next {args.settle} "
           f"| next {args.steps} | their share beside the step |")
     print("|---|---|---|---|---|")
-    for cache, (first, settle, steady) in samples.items():
-        print(f"| {cache} page cache | {first:.3f} | {settle:.3f} | {steady:.3f} | {steady / (steady + step_ms):.1%} |")
+    for (cache, warmer), (first, settle, steady) in samples.items():
+        print(f"| {cache} page cache{WARMER_LABEL[warmer]} | {first:.3f} | {settle:.3f} | {steady:.3f} "
+              f"| {steady / (steady + step_ms):.1%} |")
     print(f"\n{args.rounds} rounds of {args.steps} steps each way (a fresh mapping of the files each), medians:")
     print(f"| training loop | first {args.settle} steps: seconds beyond pre-sampled steps (once per run) "
           f"| then ms per step, loop | pre-sampled | (loop - pre-sampled) / loop | per round "
           "| ms fetching a batch, in the loop | its share of the loop's step |")
     print("|---|---|---|---|---|---|---|---|")
-    for cache, depth, alone_ms, loop_ms, shares, fetch, loop, extra in loops:
-        label = "inline" if depth == 0 else f"prefetch {depth}"
+    for cache, warmer, depth, alone_ms, loop_ms, shares, fetch, loop, extra in loops:
+        label = ("inline" if depth == 0 else f"prefetch {depth}") + WARMER_LABEL[warmer]
         rounds = " ".join(f"{share:.1%}" for share in shares)
         fetch_share = statistics.median(f / t for f, t in zip(fetch, loop))
         print(f"| {cache} page cache, {label} | {extra:.2f} | {loop_ms:.2f} | {alone_ms:.2f} | {statistics.median(shares):.1%} | {rounds} "

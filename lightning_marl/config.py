@@ -26,6 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_marl import registry
+from lightning_marl.data.page_cache import warm_page_cache_choice
 from lightning_marl.errors import ConfigError
 
 DEFAULT_CONFIG = "default"
@@ -54,6 +55,7 @@ class DataConfig:
     verify: str = "auto"
     device: str = "cpu"
     prefetch: int = 0  # batches fetched ahead by background threads (0: inline); for slow storage (see docs/performance.md)
+    warm_page_cache: Any = "false"  # read the dataset in, in file order, before the first batch: true, false, auto (if it fits in half the free memory)
 
 
 ENV_FROM_DATASET = "dataset"
@@ -295,6 +297,7 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"logger must be one of {LOGGERS}, found {cfg.logger!r}")
     if cfg.data.verify not in ("auto", "always", "never"):
         raise ConfigError(f"data.verify must be auto, always or never, found {cfg.data.verify!r}")
+    warm_page_cache_choice(cfg.data.warm_page_cache)
     if cfg.data.device not in ("cpu", "accelerator"):
         raise ConfigError(f"data.device must be cpu or accelerator, found {cfg.data.device!r}")
     if cfg.algorithm.steps < 0 or cfg.algorithm.batch_size < 1:

@@ -159,7 +159,8 @@ def fit(cfg, datamodule_class=OfflineDataModule, extra_callbacks=()) -> dict:
         atomic_write_json(run_dir / "dataset.json", dataset_info)
 
     datamodule = datamodule_class(dataset, cfg.algorithm.batch_size, seed=cfg.seed, device=cfg.data.device,
-                                  prefetch=cfg.data.prefetch, iterations_per_batch=cfg.iterations_per_batch)
+                                  prefetch=cfg.data.prefetch, iterations_per_batch=cfg.iterations_per_batch,
+                                  warm_page_cache=cfg.data.warm_page_cache)
     if cfg.logger == "csv":
         logger = CSVLogger(save_dir=str(run_dir), name="logs", version="")
     else:

@@ -52,6 +52,7 @@ def test_misspelt_keys_name_the_closest_valid_ones(override, expected):
         ("deterministic=maybe", r"deterministic"),
         ("logger=wandb", r"logger must be one of"),
         ("iterations_per_batch=0", r"iterations_per_batch must be >= 1 \(1: one iteration per Lightning batch\)"),
+        ("data.warm_page_cache=sometimes", r"data\.warm_page_cache must be auto, true or false, found 'sometimes'"),
     ],
 )
 def test_wrong_types_are_refused(override, expected):

@@ -11,6 +11,7 @@ background threads fetch the next ``prefetch`` batches while the current step co
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 
 import numpy as np
@@ -23,6 +24,7 @@ from torchrl.data.replay_buffers import RandomSampler
 
 from lightning_marl.data import schema
 from lightning_marl.data.dataset import Dataset
+from lightning_marl.data.page_cache import PageCacheWarmer, should_warm, warm_page_cache_choice
 from lightning_marl.data.prefetch import prefetched
 from lightning_marl.errors import ConfigError, DatasetError
 
@@ -276,6 +278,8 @@ class OfflineDataModule(LightningDataModule):
     consecutive iterations' batches (the module runs them in one ``training_step``: Lightning's
     per-batch work, ~0.3 ms on the project's CPUs, is paid once per list); a list ends at every
     multiple of the periods the module and the callbacks declare (``iteration_periods``).
+    ``warm_page_cache`` (``true``, ``auto``: when it fits in half the available memory) reads the
+    dataset in, in file order, before the first batch (``page_cache.PageCacheWarmer``).
 
     Example:
         >>> dm = OfflineDataModule(load_dataset("path"), batch_size=128)  # doctest: +SKIP
@@ -284,8 +288,12 @@ class OfflineDataModule(LightningDataModule):
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, device: str = "cpu", prefetch: int = 0,
-                 slice_len: int | None = None, prepare=None, iterations_per_batch: int = 1):
+                 slice_len: int | None = None, prepare=None, iterations_per_batch: int = 1,
+                 warm_page_cache: str = "false"):
         super().__init__()
+        self.warm_page_cache = warm_page_cache_choice(warm_page_cache)
+        self.page_cache: PageCacheWarmer | None = None
+        self._warming = False
         if iterations_per_batch < 1:
             raise ConfigError(f"iterations_per_batch must be >= 1, got {iterations_per_batch}")
         self.iterations_per_batch = iterations_per_batch
@@ -324,6 +332,9 @@ class OfflineDataModule(LightningDataModule):
             storage_device = self.trainer.strategy.root_device
             transitions = transitions.to(storage_device)
         self._storage_device = storage_device
+        if storage_device == "cpu" and should_warm(self.warm_page_cache, self.dataset.transitions):
+            self.page_cache = PageCacheWarmer(self.dataset.transitions)
+            self._warming = True
         self.buffer = ReplayBuffer(
             storage=TensorStorage(transitions, device=storage_device),
             sampler=RandomSampler(),
@@ -333,11 +344,33 @@ class OfflineDataModule(LightningDataModule):
         if self.slice_len:
             self.slices = EpisodeSlices(transitions, self.slice_len, storage_device)
 
+    def teardown(self, stage: str | None = None) -> None:
+        if self.page_cache is not None:
+            self.page_cache.stop()
+        self._warming = False
+
+    def _finish_warming(self, rank: int) -> None:
+        """Wait for the page-cache warmer before the first batch: uniform batches touch the whole
+        dataset within a few batches, and their random reads beside the warmer's in-order ones
+        slowed both (measured with an earlier warmer that only mapped the pages: 5.5 s of extra
+        time over the first 2000 steps and 9-13 % slower steps after)."""
+        warmer = self.page_cache
+        loud = not warmer.done and rank == 0 and warmer.total >= 1 << 30
+        if loud:
+            print(f"reading the dataset's {warmer.total / 1e9:.1f} GB into the page cache "
+                  "(data.warm_page_cache=false to skip) ...", file=sys.stderr, flush=True)
+        warmer.join()
+        if loud and warmer.done:
+            print(f"  read in {warmer.seconds:.1f} s", file=sys.stderr, flush=True)
+        self._warming = False
+
     def sample_for_rank(self, rank: int, iteration: int):
         """The batch rank ``rank`` draws at ``iteration`` (TensorDict [batch_size]): rows drawn
         uniformly with replacement by a generator seeded with ``sample_seed(seed, rank,
         iteration)``. Thread-safe: each thread seeds its own generator."""
         self.setup()
+        if self._warming:
+            self._finish_warming(rank)
         generator = thread_generator(self._storage_device)
         generator.manual_seed(batch_seed(self.seed, rank, iteration))
         if self.slices is not None:

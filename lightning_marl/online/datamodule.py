@@ -103,6 +103,7 @@ class OnlineDataModule(OfflineDataModule):
         self.collector = Collector(env, spec, seed=seed)
 
     def teardown(self, stage: str | None = None) -> None:
+        super().teardown(stage)
         if self.collector is not None:
             self.collector.close()
             self.collector = None
