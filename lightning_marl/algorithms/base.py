@@ -10,6 +10,7 @@ plugin hook calls, logging every N steps and checkpoint state.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -338,12 +339,22 @@ class OfflineMARLModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        for plugin in self.plugins:
-            plugin.setup(self, datamodule)
-        for plugin in self.plugins:
-            plugin.pretrain(datamodule, self)
+        if hasattr(datamodule, "wait_for_page_cache"):  # pretraining reads the dataset at random too
+            datamodule.wait_for_page_cache()
+        with self.precision_context():
+            for plugin in self.plugins:
+                plugin.setup(self, datamodule)
+            for plugin in self.plugins:
+                plugin.pretrain(datamodule, self)
         if self.iteration >= self.config.steps:
             self.trainer.should_stop = True
+
+    def precision_context(self):
+        """The trainer's precision context (``bf16-mixed``: bfloat16 autocast, as around
+        ``training_step``) for training done outside it, such as pretraining in ``on_train_start``;
+        a null context without a trainer."""
+        trainer = self._trainer
+        return trainer.precision_plugin.train_step_context() if trainer is not None else contextlib.nullcontext()
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.iteration >= self.config.steps:

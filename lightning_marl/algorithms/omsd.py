@@ -224,7 +224,8 @@ class OMSD(OfflineMARLModule):
     # ---- critic pre-training ------------------------------------------------------------------
     def on_train_start(self) -> None:
         super().on_train_start()  # plugins: setup, then pretrain (each skips what a checkpoint restored)
-        self.pretrain_critic(getattr(self.trainer, "datamodule", None))
+        with self.precision_context():
+            self.pretrain_critic(getattr(self.trainer, "datamodule", None))
 
     def pretrain_critic(self, datamodule, steps: int | None = None) -> None:
         """Train Q and V alone for ``critic_pretrain_steps`` on rank 0's batch stream (every rank

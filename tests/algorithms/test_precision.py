@@ -64,3 +64,35 @@ def test_a_forward_after_the_step_in_the_same_autocast_region_uses_the_new_weigh
         fresh_region, _ = module.actor(observation)
     assert not torch.equal(before, fresh_region)
     assert torch.equal(same_region, fresh_region)
+
+
+@pytest.mark.parametrize("precision, autocast", [("bf16-mixed", True), ("32-true", False)])
+def test_pretraining_runs_under_the_trainers_precision(precision, autocast, tmp_path, continuous_dataset, monkeypatch):
+    """Plugin pretraining and OMSD's critic pretraining run in ``on_train_start``, outside the
+    autocast region Lightning puts around ``training_step``; they get the same context."""
+    from lightning_marl.algorithms.omsd import OMSD
+    from lightning_marl.config import load_config
+    from lightning_marl.run import fit
+    from lightning_marl_plugins.score_decomposition.scores import ScoreDecomposition
+
+    seen = {"plugin": [], "critic": []}
+    plugin_pretrain, critic_losses = ScoreDecomposition.pretrain, OMSD.critic_losses
+
+    def recording_pretrain(self, datamodule, module):
+        seen["plugin"].append(torch.is_autocast_enabled("cpu"))
+        return plugin_pretrain(self, datamodule, module)
+
+    def recording_critic_losses(self, batch, *args, **kwargs):
+        if not bool(self.critic_pretrained):
+            seen["critic"].append(torch.is_autocast_enabled("cpu"))
+        return critic_losses(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(ScoreDecomposition, "pretrain", recording_pretrain)
+    monkeypatch.setattr(OMSD, "critic_losses", recording_critic_losses)
+    fit(load_config(None, [
+        "algorithm.name=omsd", "algorithm.steps=3", "algorithm.batch_size=16", "algorithm.hidden=[16,16]",
+        "algorithm.critic_pretrain_steps=2", f"data.path={continuous_dataset.path}", "env=null",
+        f"run_dir={tmp_path}", "progress=false", f"trainer.precision={precision}",
+        "plugins=[{name: score_decomposition, params: {hidden: [16], iterations: 2, batch_size: 16}}]",
+    ]))
+    assert seen == {"plugin": [autocast], "critic": [autocast, autocast]}

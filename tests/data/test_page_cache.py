@@ -118,3 +118,17 @@ def test_the_first_batch_waits_for_the_warmer(continuous_dataset, monkeypatch):
     dm.sample(0)
     assert dm.page_cache.done and sum(populated) == dm.page_cache.total
     dm.teardown()
+
+
+def test_waiting_is_a_no_op_without_a_warmer_and_finishes_one_in_progress(continuous_dataset, monkeypatch):
+    plain = OfflineDataModule(load_dataset(continuous_dataset.path, verify="never"), 16, warm_page_cache="false")
+    plain.setup()
+    plain.wait_for_page_cache()
+    assert plain.page_cache is None
+    release = threading.Event()
+    monkeypatch.setattr(page_cache, "_touch", lambda array, begin, end: release.wait(10))
+    warmed = OfflineDataModule(load_dataset(continuous_dataset.path, verify="never"), 16, warm_page_cache="true")
+    warmed.setup()
+    threading.Timer(0.1, release.set).start()
+    warmed.wait_for_page_cache()  # what on_train_start calls before plugins pretrain on random rows
+    assert warmed.page_cache.done
