@@ -83,7 +83,7 @@ class PageCacheWarmer:
     """A daemon thread that reads every memory-mapped array of ``transitions`` into the page cache.
 
     The arrays are read in ``SLICES`` rounds, one slice of each array per round, so that all of
-    them are equally far along while sampling runs beside the thread.
+    them are equally far along at any moment (``stop`` ends it after the slice in progress).
 
     Example:
         >>> import tempfile
@@ -127,7 +127,7 @@ class PageCacheWarmer:
                     if end > begin:
                         _touch(array, begin, end)
                         self.bytes += end - begin
-        except (OSError, RuntimeError) as error:  # e.g. a file truncated under a running fit: sampling reports it
+        except (OSError, RuntimeError) as error:  # an array torch cannot read as bytes: training goes on unwarmed
             log.warning("warming the page cache stopped: %s", error)
             return
         self.seconds = time.perf_counter() - start
