@@ -35,9 +35,8 @@ from pathlib import Path
 os.environ.setdefault("RL_LOGGING_LEVEL", "WARNING")
 sys.path.insert(0, str(Path(__file__).parent))
 
-import torch  # noqa: E402
-
 import sampling  # noqa: E402  (the benchmark dataset and its cache handling)
+import torch  # noqa: E402
 
 VARIANTS = {
     "cold": ("cold", "false"),

@@ -42,6 +42,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tensordict import TensorDictBase
+
+from lightning_marl.errors import PluginError
+
 HOOKS = ("setup", "pretrain", "augment_batch", "actor_regulariser", "critic_target", "explore")
 ALWAYS_CALLED = ("setup", "pretrain")
 
@@ -89,3 +93,25 @@ class Plugin:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` returned."""
+
+
+def transitions_of(data) -> TensorDictBase:
+    """The transitions [T] a plugin pretrains on: those of a DataModule (``.dataset.transitions``),
+    of a Dataset (``.transitions``), or a TensorDict of transitions itself.
+
+    Example:
+        >>> from tensordict import TensorDict
+        >>> transitions = TensorDict({}, [5])
+        >>> transitions_of(transitions) is transitions
+        True
+    """
+    if isinstance(data, TensorDictBase):
+        return data
+    dataset = getattr(data, "dataset", data)
+    transitions = getattr(dataset, "transitions", None)
+    if transitions is None:
+        raise PluginError(
+            f"pretraining needs the training data, got {type(data).__name__}; pass the run's DataModule, "
+            "a Dataset or a TensorDict of transitions"
+        )
+    return transitions

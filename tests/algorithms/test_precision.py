@@ -70,10 +70,11 @@ def test_a_forward_after_the_step_in_the_same_autocast_region_uses_the_new_weigh
 def test_pretraining_runs_under_the_trainers_precision(precision, autocast, tmp_path, continuous_dataset, monkeypatch):
     """Plugin pretraining and OMSD's critic pretraining run in ``on_train_start``, outside the
     autocast region Lightning puts around ``training_step``; they get the same context."""
+    from lightning_marl_plugins.score_decomposition.scores import ScoreDecomposition
+
     from lightning_marl.algorithms.omsd import OMSD
     from lightning_marl.config import load_config
     from lightning_marl.run import fit
-    from lightning_marl_plugins.score_decomposition.scores import ScoreDecomposition
 
     seen = {"plugin": [], "critic": []}
     plugin_pretrain, critic_losses = ScoreDecomposition.pretrain, OMSD.critic_losses

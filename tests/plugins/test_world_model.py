@@ -255,3 +255,16 @@ def test_fit_through_the_cli_checkpoints_the_world_model_and_resume_does_not_ref
     (state3,) = uninterrupted["lightning_marl"]["plugins"]
     for a, b in zip(state3["buffer"]["values"], state2["buffer"]["values"]):
         assert torch.equal(a, b)
+
+
+def test_plugins_find_the_transitions_of_a_datamodule_a_dataset_or_a_tensordict(continuous_dataset):
+    from lightning_marl.data.datamodule import OfflineDataModule
+    from lightning_marl.errors import PluginError
+    from lightning_marl.plugin import transitions_of
+
+    transitions = continuous_dataset.transitions
+    assert transitions_of(continuous_dataset) is transitions
+    assert transitions_of(OfflineDataModule(continuous_dataset, 8)) is transitions
+    assert transitions_of(transitions) is transitions
+    with pytest.raises(PluginError, match="pretraining needs the training data, got int; pass the run's DataModule"):
+        transitions_of(3)

@@ -1,8 +1,6 @@
-"""What the score plugins share: per-dataset beta defaults and rank-independent data access."""
+"""What the score plugins share: per-dataset beta defaults."""
 
 from __future__ import annotations
-
-from tensordict import TensorDictBase
 
 from lightning_marl.errors import PluginError
 
@@ -24,20 +22,6 @@ def dataset_quality(datamodule) -> str | None:
     """The quality label in the metadata of the datamodule's dataset (None if unknown)."""
     dataset = getattr(datamodule, "dataset", None)
     return (getattr(dataset, "metadata", None) or {}).get("quality")
-
-
-def transitions_of(data) -> TensorDictBase:
-    """The transitions [T] behind ``data``: a DataModule (``.dataset.transitions``), a Dataset or a TensorDict."""
-    if isinstance(data, TensorDictBase):
-        return data
-    dataset = getattr(data, "dataset", data)
-    transitions = getattr(dataset, "transitions", None)
-    if transitions is None:
-        raise PluginError(
-            f"pretraining needs the training data, got {type(data).__name__}; pass the run's DataModule, "
-            "a Dataset or a TensorDict of transitions"
-        )
-    return transitions
 
 
 def resolve_beta(beta: float | None, datamodule) -> float:

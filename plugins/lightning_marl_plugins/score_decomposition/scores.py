@@ -18,9 +18,9 @@ from lightning_marl.data import schema
 from lightning_marl.errors import PluginError
 from lightning_marl.nets.diffusion import SCHEDULES, ConditionalDiffusion
 from lightning_marl.nets.precision import forget_cast_weights
-from lightning_marl.plugin import Plugin
+from lightning_marl.plugin import Plugin, transitions_of
 from lightning_marl.registry import register
-from lightning_marl_plugins.score_decomposition.common import resolve_beta, transitions_of
+from lightning_marl_plugins.score_decomposition.common import resolve_beta
 
 MODES = ("sequential", "independent")
 IN_MEMORY_BYTES = 1 << 30  # pretraining copies the action and state columns into memory below this size

@@ -37,7 +37,7 @@ from lightning_marl.data import schema
 from lightning_marl.data.datamodule import sample_seed
 from lightning_marl.errors import ConfigError, PluginError
 from lightning_marl.nets.precision import forget_cast_weights
-from lightning_marl.plugin import Plugin
+from lightning_marl.plugin import Plugin, transitions_of
 from lightning_marl_plugins.world_model.buffer import UNCERTAINTY, SyntheticBuffer
 
 log = logging.getLogger(__name__)
@@ -64,18 +64,6 @@ class WorldModelParams:
     weighted_sampling: bool = True  # weights exp(clip(C - u, 0, C)); False: uniform
     quantile: float = 0.9  # C = this quantile of u on held-out real transitions
     checkpoint_buffer: bool = True  # save the synthetic rows with checkpoints (exact resume)
-
-
-def transitions_of(data):
-    """The transitions TensorDict of a datamodule, a Dataset, or transitions themselves."""
-    if hasattr(data, "dataset") and hasattr(data.dataset, "transitions"):
-        return data.dataset.transitions
-    if hasattr(data, "transitions"):
-        return data.transitions
-    if isinstance(data, TensorDict) or hasattr(data, "batch_size"):
-        return data
-    raise PluginError(f"world model: cannot find transitions in {type(data).__name__}; expected a datamodule, "
-                      "a Dataset or a TensorDict of transitions")
 
 
 class WorldModelAugmentation(Plugin):
