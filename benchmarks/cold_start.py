@@ -73,17 +73,17 @@ def child(path: Path, variant: str, steps: int, window: int, batch: int) -> dict
     datamodule = OfflineDataModule(sampling.open_dataset(path, cache), batch, seed=7,
                                    warm_page_cache=warm_page_cache, iterations_per_batch=8)
     stream = iter(_BatchStream(datamodule))
-    extras, done, start = [], 0, time.perf_counter()
+    extras, done, counted, start = [], 0, 0, time.perf_counter()
     while done < steps:
         for item in sampling.as_list(next(stream)):
             module.train_step(item)
             done += 1
-        if done % window == 0 or done >= steps:
+        if done - counted >= window or done >= steps:  # (whole groups: a window may run a few steps over)
             took = time.perf_counter() - start
             after = alone()
-            counted = done - window * len(extras)
-            extras.append((counted, took - counted * (before + after) / 2, counted * (before + after) / 2))
-            before, start = after, time.perf_counter()
+            expected = (done - counted) * (before + after) / 2
+            extras.append((done, took - expected, expected))
+            before, counted, start = after, done, time.perf_counter()
     stream.close()
     warmer = datamodule.page_cache
     return {"extras": extras, "warmer_seconds": warmer.seconds if warmer is not None else None}
@@ -132,15 +132,15 @@ def main() -> None:
         cumulative = {m: [] for m in marks}
         shares, late = [], []
         for run in runs:
-            done, extra, base, late_extra, late_base = 0, 0.0, 0.0, 0.0, 0.0
-            for counted, window_extra, window_base in run["extras"]:
-                done += counted
+            extra, base, late_extra, late_base, pending, began = 0.0, 0.0, 0.0, 0.0, list(marks), 0
+            for done, window_extra, window_base in run["extras"]:
                 extra += window_extra
                 base += window_base
-                if done > args.steps // 2:
+                if began >= args.steps // 2:  # windows that begin in the second half
                     late_extra, late_base = late_extra + window_extra, late_base + window_base
-                if done in cumulative:
-                    cumulative[done].append(extra)
+                began = done
+                while pending and done >= pending[0]:  # the first window ending at or past the mark
+                    cumulative[pending.pop(0)].append(extra)
             shares.append(extra / (base + extra))
             late.append(late_extra / (late_base + late_extra) if late_base else float("nan"))
         warm_up = [run["warmer_seconds"] for run in runs if run["warmer_seconds"]]

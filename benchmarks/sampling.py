@@ -17,8 +17,10 @@ transition, 9 GB at 10M), then measures with the training threads the step would
   training step lost to sampling is (loop − alone) / loop per round; the table gives the median
   and the range over rounds, and the time spent fetching inside the loop. Every loop block maps
   the files anew (cold: after dropping their pages). The goal of issue #8 is under 5 %;
-* each of the above without and with ``data.warm_page_cache`` (a background thread that reads
-  the files in order and maps their pages, from the moment the datamodule is set up).
+* with ``--warm-page-cache false true``, each of the above also with ``data.warm_page_cache``
+  (one byte of every page read in file order by a background thread from the moment the
+  datamodule is set up; the first batch waits for it). Cold rows measured in one process depend
+  on the rounds before them (see ``benchmarks/cold_start.py``, which starts a process per run).
 
 Run:
     python benchmarks/sampling.py                         # 10M transitions in /tmp/lightning_marl_sampling
@@ -50,7 +52,7 @@ from lightning_marl.data.schema import TaskSpec  # noqa: E402
 from lightning_marl.malloc import tune_malloc  # noqa: E402
 
 AGENTS, OBS, ACTION, EPISODE_LEN = 3, 18, 2, 100
-WARMER_LABEL = {"false": "", "true": ", warmed in the background"}
+WARMER_LABEL = {"false": "", "true": ", data.warm_page_cache"}
 
 
 def tiny_transitions(n: int) -> TensorDict:
@@ -170,7 +172,7 @@ def main() -> None:
                         help="batches the stream hands over at once, as fit's iterations_per_batch (default: fit's)")
     parser.add_argument("--prefetch", type=int, nargs="+", default=[0, 4, 16])
     parser.add_argument("--warm-page-cache", nargs="+", default=["false"], choices=["false", "true"],
-                        help="data.warm_page_cache values to measure (true: a background thread reads the files in)")
+                        help="data.warm_page_cache values to measure (true: the files read in order before the first batch)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--glibc-malloc", action="store_true",
                         help="keep glibc's default malloc settings (default: fit's, lightning_marl.malloc)")

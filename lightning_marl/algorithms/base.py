@@ -342,17 +342,23 @@ class OfflineMARLModule(L.LightningModule):
         if hasattr(datamodule, "wait_for_page_cache"):  # pretraining reads the dataset at random too
             datamodule.wait_for_page_cache()
         with self.precision_context():
-            for plugin in self.plugins:
-                plugin.setup(self, datamodule)
-            for plugin in self.plugins:
-                plugin.pretrain(datamodule, self)
+            self.pretrain(datamodule)
         if self.iteration >= self.config.steps:
             self.trainer.should_stop = True
 
+    def pretrain(self, datamodule) -> None:
+        """Training before the first iteration, under the trainer's precision (``on_train_start``
+        is outside Lightning's autocast region): the plugins' setup and pretraining. A method
+        with a pretraining phase of its own extends this (OMSD's critic)."""
+        for plugin in self.plugins:
+            plugin.setup(self, datamodule)
+        for plugin in self.plugins:
+            plugin.pretrain(datamodule, self)
+
     def precision_context(self):
         """The trainer's precision context (``bf16-mixed``: bfloat16 autocast, as around
-        ``training_step``) for training done outside it, such as pretraining in ``on_train_start``;
-        a null context without a trainer."""
+        ``training_step``) for training done outside it (``pretrain``); a null context without a
+        trainer."""
         trainer = self._trainer
         return trainer.precision_plugin.train_step_context() if trainer is not None else contextlib.nullcontext()
 

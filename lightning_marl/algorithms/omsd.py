@@ -222,10 +222,9 @@ class OMSD(OfflineMARLModule):
         stats.update({f"loss/{name}": value.detach() for name, value in losses.items()})
 
     # ---- critic pre-training ------------------------------------------------------------------
-    def on_train_start(self) -> None:
-        super().on_train_start()  # plugins: setup, then pretrain (each skips what a checkpoint restored)
-        with self.precision_context():
-            self.pretrain_critic(getattr(self.trainer, "datamodule", None))
+    def pretrain(self, datamodule) -> None:
+        super().pretrain(datamodule)  # plugins: setup, then pretrain (each skips what a checkpoint restored)
+        self.pretrain_critic(datamodule)
 
     def pretrain_critic(self, datamodule, steps: int | None = None) -> None:
         """Train Q and V alone for ``critic_pretrain_steps`` on rank 0's batch stream (every rank

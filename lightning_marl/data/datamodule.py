@@ -296,7 +296,6 @@ class OfflineDataModule(LightningDataModule):
         super().__init__()
         self.warm_page_cache = warm_page_cache_choice(warm_page_cache)
         self.page_cache: PageCacheWarmer | None = None
-        self._warming = False
         if iterations_per_batch < 1:
             raise ConfigError(f"iterations_per_batch must be >= 1, got {iterations_per_batch}")
         self.iterations_per_batch = iterations_per_batch
@@ -337,7 +336,6 @@ class OfflineDataModule(LightningDataModule):
         self._storage_device = storage_device
         if storage_device == "cpu" and should_warm(self.warm_page_cache, self.dataset.transitions):
             self.page_cache = PageCacheWarmer(self.dataset.transitions)
-            self._warming = True
         self.buffer = ReplayBuffer(
             storage=TensorStorage(transitions, device=storage_device),
             sampler=RandomSampler(),
@@ -350,9 +348,8 @@ class OfflineDataModule(LightningDataModule):
     def teardown(self, stage: str | None = None) -> None:
         if self.page_cache is not None:
             self.page_cache.stop()
-        self._warming = False
 
-    def wait_for_page_cache(self, rank: int | None = None) -> None:
+    def wait_for_page_cache(self) -> None:
         """Wait for the page-cache warmer (if any) before the first batch or any other random reads
         (plugin pretraining calls it too). Uniform batches touch the whole dataset within a few
         batches anyway, and waiting keeps their random reads from interleaving with the warmer's
@@ -361,25 +358,23 @@ class OfflineDataModule(LightningDataModule):
         against 8.9 s with no warmer.)"""
         with _WARMING_LOCK:  # prefetch threads may all wait for the first batches
             warmer = self.page_cache
-            if not self._warming or warmer is None:
+            if warmer is None or not warmer.running:
                 return
-            rank = self.rank if rank is None else rank
-            loud = not warmer.done and rank == 0 and warmer.total >= 1 << 30
+            loud = self.rank == 0 and warmer.total >= 1 << 30
             if loud:
                 print(f"reading the dataset's {warmer.total / 1e9:.1f} GB into the page cache "
                       "(data.warm_page_cache=false to skip) ...", file=sys.stderr, flush=True)
             warmer.join()
             if loud and warmer.done:
                 print(f"  read in {warmer.seconds:.1f} s", file=sys.stderr, flush=True)
-            self._warming = False
 
     def sample_for_rank(self, rank: int, iteration: int):
         """The batch rank ``rank`` draws at ``iteration`` (TensorDict [batch_size]): rows drawn
         uniformly with replacement by a generator seeded with ``sample_seed(seed, rank,
         iteration)``. Thread-safe: each thread seeds its own generator."""
         self.setup()
-        if self._warming:
-            self.wait_for_page_cache(rank)
+        if self.page_cache is not None and self.page_cache.running:
+            self.wait_for_page_cache()
         generator = thread_generator(self._storage_device)
         generator.manual_seed(batch_seed(self.seed, rank, iteration))
         if self.slices is not None:

@@ -6,7 +6,7 @@ project's machines: the first 300 batches took 19-27 ms each), and after the ker
 has pulled the files in, batches stayed slower for the next ~10,000-20,000 with no page fault at
 all: the first touch of each page by the CPU cost microseconds. ``madvise(MADV_POPULATE_READ)``,
 which reads and maps every page without touching it, took 3.1 s for the 9 GB and left batches
-slow (0.46 ms, 0.18 ms after 8000; warm 0.09). So the warmer reads one byte of every page through
+slow (0.46 ms, 0.18 ms at batches 4000-8000; warm 0.09). So the warmer reads one byte of every page through
 the mapping, in file order (the kernel's readahead then reads big sequential chunks), and the
 datamodule waits for it before the first batch. After it, batches cost what they cost warm.
 
@@ -75,7 +75,7 @@ def should_warm(choice: str, transitions) -> bool:
     if choice != "auto":
         return choice == "true"
     available = memory_available()
-    total = sum(array.numel() * array.element_size() for array in mapped_arrays(transitions))
+    total = sum(array.nbytes for array in mapped_arrays(transitions))
     return available is not None and 0 < total <= available // 2
 
 
@@ -96,7 +96,7 @@ class PageCacheWarmer:
 
     def __init__(self, transitions):
         self.arrays = mapped_arrays(transitions)
-        self.total = sum(array.numel() * array.element_size() for array in self.arrays)
+        self.total = sum(array.nbytes for array in self.arrays)
         self.bytes = 0
         self.seconds: float | None = None
         self._stop = threading.Event()
@@ -105,7 +105,13 @@ class PageCacheWarmer:
 
     @property
     def done(self) -> bool:
+        """Every page read."""
         return self.seconds is not None
+
+    @property
+    def running(self) -> bool:
+        """Still reading (not done, stopped or failed)."""
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         """Stop after the slice being read (at most one slice of one array)."""
@@ -122,8 +128,7 @@ class PageCacheWarmer:
                 for array in self.arrays:
                     if self._stop.is_set():
                         return
-                    size = array.numel() * array.element_size()
-                    begin, end = size * index // SLICES, size * (index + 1) // SLICES
+                    begin, end = array.nbytes * index // SLICES, array.nbytes * (index + 1) // SLICES
                     if end > begin:
                         _touch(array, begin, end)
                         self.bytes += end - begin

@@ -100,7 +100,7 @@ def test_the_datamodule_warms_on_setup_stops_on_teardown_and_samples_the_same(co
         a, b = warmed.sample(iteration), plain.sample(iteration)
         assert all(torch.equal(a[key], b[key]) for key in a.keys(True, True))
     warmed.teardown()
-    assert not warmed.page_cache._thread.is_alive()
+    assert not warmed.page_cache.running
 
 
 def test_the_first_batch_waits_for_the_warmer(continuous_dataset, monkeypatch):
