@@ -1,7 +1,8 @@
 """What a cold page cache costs a training run, with and without ``data.warm_page_cache``.
 
 Each measurement is a fresh process (what a user starts), on the synthetic dataset of
-``benchmarks/sampling.py`` (built there if missing; 10M transitions, 9 GB). The process drops the
+``benchmarks/sampling.py`` (built there if missing; 10M transitions, 4.8 GB), or on each of
+``--datasets`` (their runs alternated with the others, e.g. the same data in another layout). The process drops the
 dataset's pages (``posix_fadvise(DONTNEED)``, or keeps them: ``warm``), maps the files and runs the
 real training loop (the datamodule's batch stream, 8 batches at a time as ``fit`` takes them,
 feeding OMIGA's ``train_step``). Every --window steps it runs 250 steps on pre-sampled batches;
@@ -19,6 +20,7 @@ grows. Issue #8 asks for sampling under 5 % of a step, also cold.
 Run:
     python benchmarks/cold_start.py                              # 10M transitions, 20000 steps, 3 rounds
     python benchmarks/cold_start.py --transitions 100000 --steps 2000 --window 500 --rounds 1
+    python benchmarks/cold_start.py --variants cold warm --datasets DIR_A DIR_B
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import sampling  # noqa: E402  (the benchmark dataset and its cache handling)
 import torch  # noqa: E402
+
+from lightning_marl.data.dataset import read_metadata  # noqa: E402
 
 VARIANTS = {
     "cold": ("cold", "false"),
@@ -59,9 +63,9 @@ def child(path: Path, variant: str, steps: int, window: int, batch: int) -> dict
     torch.manual_seed(0)
     module = OMIGA.from_spec(spec, hidden=[256, 256])
     # Pre-sampled batches: the dataset's first rows (a few pages; the measurement drops them again).
-    transitions = load_dataset(path, verify="never").transitions
-    pool = [transitions[k * batch:(k + 1) * batch].clone() for k in range(16)]
-    del transitions
+    dataset = load_dataset(path, verify="never")
+    pool = [dataset.rows(torch.arange(k * batch, (k + 1) * batch)) for k in range(16)]
+    del dataset
 
     def alone(n: int = 250) -> float:
         start = time.perf_counter()
@@ -98,33 +102,39 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--datasets", nargs="+", type=Path,
+                        help="datasets to run on (default: the built one); the rows of the table name them")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-dataset", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    path = Path(args.dir) / f"navigation_like_{args.transitions}"
     if args.child:
-        print(json.dumps(child(path, args.child, args.steps, args.window, args.batch)))
+        print(json.dumps(child(args.child_dataset, args.child, args.steps, args.window, args.batch)))
         return
-    if not path.exists():
-        print(f"building {path} ({args.transitions:,} transitions) ...", flush=True)
-        sampling.build(path, args.transitions)
-    results = {variant: [] for variant in args.variants}
+    paths = args.datasets or [Path(args.dir) / f"navigation_like_{args.transitions}"]
+    for path in paths:
+        if not path.exists():
+            print(f"building {path} ({args.transitions:,} transitions) ...", flush=True)
+            sampling.build(path, args.transitions)
+    runs = [(path, variant) for path in paths for variant in args.variants]
+    label = {run: run[1] + (f", {run[0].name}" if len(paths) > 1 else "") for run in runs}
+    results = {label[run]: [] for run in runs}
     for round_ in range(args.rounds):
-        order = args.variants if round_ % 2 == 0 else args.variants[::-1]
-        for variant in order:
-            command = [sys.executable, __file__, "--child", variant, "--transitions", str(args.transitions),
-                       "--dir", args.dir, "--batch", str(args.batch), "--steps", str(args.steps),
-                       "--window", str(args.window)]
+        for path, variant in runs if round_ % 2 == 0 else runs[::-1]:
+            command = [sys.executable, __file__, "--child", variant, "--child-dataset", str(path),
+                       "--batch", str(args.batch), "--steps", str(args.steps), "--window", str(args.window)]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             result = json.loads(output.strip().splitlines()[-1])
-            results[variant].append(result)
+            results[label[path, variant]].append(result)
             total = sum(extra for _, extra, _ in result["extras"])
-            print(f"round {round_ + 1}, {variant}: {total:.2f} s extra over {args.steps} steps"
+            print(f"round {round_ + 1}, {label[path, variant]}: {total:.2f} s extra over {args.steps} steps"
                   + (f" (warm-up {result['warmer_seconds']:.1f} s)" if result["warmer_seconds"] else ""), flush=True)
 
     marks = [m for m in (1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000) if m <= args.steps]
-    size_gb = sum(f.stat().st_size for f in path.rglob("*.bin")) / 1e9
-    print(f"\n{path}: {args.transitions:,} transitions, {size_gb:.1f} GB; OMIGA, 3 agents, batch {args.batch}; "
-          f"a fresh process per run, {args.rounds} per variant; medians")
+    print()
+    for path in paths:
+        size_gb = sum(f.stat().st_size for f in path.rglob("*.bin")) / 1e9
+        print(f"{path}: {len(read_metadata(path)['arrays'])} arrays, {size_gb:.1f} GB")
+    print(f"OMIGA, 3 agents, batch {args.batch}; a fresh process per run, {args.rounds} per variant; medians")
     print("| page cache | warm-up (s) | " + " | ".join(f"extra s, first {m}" for m in marks)
           + f" | share of the first {marks[-1]} steps | share of the last half |")
     print("|---|---|" + "---|" * len(marks) + "---|---|")

@@ -1,8 +1,8 @@
 """What sampling batches from a large memory-mapped dataset costs beside a training step.
 
 Builds (once, kept in --dir) a synthetic dataset in our on-disk format with --transitions rows
-of a VMAS-navigation-like task (3 agents, observation 18, state 54, action 2; about 0.9 kB per
-transition, 9 GB at 10M), then measures with the training threads the step would use:
+of a VMAS-navigation-like task (3 agents, observation 18, state 54, action 2; about 0.48 kB per
+transition, 4.8 GB at 10M), then measures with the training threads the step would use:
 
 * **step**: one OMIGA ``train_step`` at batch 128, hidden 256 (no sampling), the denominator;
 * **sample warm / cold**: ``OfflineDataModule.sample`` inline, the mean over the first --steps
@@ -56,16 +56,20 @@ WARMER_LABEL = {"false": "", "true": ", data.warm_page_cache"}
 
 
 def tiny_transitions(n: int) -> TensorDict:
+    """Episodes of EPISODE_LEN steps whose next-step fields are the following step's (random
+    terminal ones at an episode's end), as collected data has them."""
     done = torch.zeros(n, 1, dtype=torch.bool)
     done[EPISODE_LEN - 1::EPISODE_LEN] = True
     obs = torch.randn(n, AGENTS, OBS)
+    next_obs = torch.cat([obs[1:], torch.randn(1, AGENTS, OBS)])
+    next_obs[done.squeeze(-1)] = torch.randn(int(done.sum()), AGENTS, OBS)
     return TensorDict({
         ("agents", "observation"): obs,
         ("agents", "action"): torch.rand(n, AGENTS, ACTION) * 2 - 1,
         "state": obs.flatten(1),
         "episode": torch.arange(n) // EPISODE_LEN,
-        ("next", "agents", "observation"): torch.randn(n, AGENTS, OBS),
-        ("next", "state"): torch.randn(n, AGENTS * OBS),
+        ("next", "agents", "observation"): next_obs,
+        ("next", "state"): next_obs.flatten(1),
         ("next", "reward"): torch.randn(n, 1),
         ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool),
         ("next", "truncated"): done.clone(),
@@ -74,31 +78,38 @@ def tiny_transitions(n: int) -> TensorDict:
 
 
 def build(path: Path, n: int, chunk: int = 1 << 20) -> None:
-    """Write a small dataset with write_dataset, then grow every array to ``n`` rows in place."""
+    """Write a one-episode dataset with write_dataset, then grow every array in place to ``n`` rows
+    (n // EPISODE_LEN episodes): the arrays that also store next-step values get one more row per
+    episode, the final rows are every episode's last."""
     spec = TaskSpec(n_agents=AGENTS, obs_dim=OBS, state_dim=AGENTS * OBS, discrete=False, action_dim=ACTION)
     template = path.parent / (path.name + ".template")
     write_dataset(template, tiny_transitions(EPISODE_LEN), {"spec": spec, "quality": "synthetic"}, overwrite=True)
     meta = json.loads((template / "metadata.json").read_text())
+    episodes = n // EPISODE_LEN
+    with_next_steps = set(meta["next_steps"]["stored_in"].values())
     for name, entry in meta["arrays"].items():
         file = template / entry["file"]
         dtype = np.dtype(entry["dtype"].replace("torch.", "")) if entry["dtype"] != "torch.bool" else np.bool_
-        shape = [n] + entry["shape"][1:]
+        rows = episodes if name == "final_rows" else n + episodes if name in with_next_steps else n
+        shape = [rows] + entry["shape"][1:]
         array = np.memmap(file, dtype=dtype, mode="w+", shape=tuple(shape))
         rng = np.random.default_rng(0)
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            rows = np.arange(start, stop)
-            if name == "episode":
-                array[start:stop] = rows // EPISODE_LEN
+        for start in range(0, rows, chunk):
+            stop = min(rows, start + chunk)
+            index = np.arange(start, stop)
+            if name == "final_rows":
+                array[start:stop] = index * EPISODE_LEN + EPISODE_LEN - 1
+            elif name == "episode":
+                array[start:stop] = index // EPISODE_LEN
             elif dtype == np.bool_:
-                array[start:stop] = ((rows + 1) % EPISODE_LEN == 0).reshape(-1, *[1] * (len(shape) - 1))
+                array[start:stop] = ((index + 1) % EPISODE_LEN == 0).reshape(-1, *[1] * (len(shape) - 1))
             else:
                 array[start:stop] = rng.standard_normal((stop - start, *shape[1:]), dtype=np.float32)
         array.flush()
         del array
         entry["shape"], entry["sha256"] = shape, "not computed (benchmark data)"
         print(f"  wrote {name:<28} {list(shape)}", flush=True)
-    meta["n_transitions"], meta["n_episodes"] = n, n // EPISODE_LEN
+    meta["n_transitions"], meta["n_episodes"] = n, episodes
     (template / "metadata.json").write_text(json.dumps(meta, indent=2))
     os.replace(template, path)
 
@@ -190,7 +201,8 @@ def main() -> None:
         print(f"  built in {time.perf_counter() - start:.0f} s", flush=True)
     size_gb = sum(f.stat().st_size for f in path.rglob("*.bin")) / 1e9
     dataset = load_dataset(path, verify="never")
-    arrays = len(dataset.transitions.keys(True, True))
+    arrays = len(dataset.metadata["arrays"])
+    layout = "stored once" if dataset.next_sources else "stored as arrays of their own"
 
     spec = TaskSpec(n_agents=AGENTS, obs_dim=OBS, state_dim=AGENTS * OBS, discrete=False, action_dim=ACTION)
     torch.manual_seed(0)
@@ -248,7 +260,7 @@ def main() -> None:
             loops.append((cache, warmer, depth, alone_ms, statistics.median(loop), shares, fetch, loop, extra))
 
     print(f"\ndataset {path}: {args.transitions:,} transitions, {size_gb:.1f} GB on disk, "
-          f"{arrays} arrays; batch {args.batch}; {args.threads} threads; "
+          f"{arrays} arrays (next-step fields {layout}); batch {args.batch}; {args.threads} threads; "
           f"malloc: {malloc}; the loop's stream hands over {args.iterations_per_batch} batch(es) at a time")
     print(f"OMIGA train_step (3 agents, hidden 256) on 64 pre-sampled batches: {step_ms:.2f} ms")
     print(f"| sampling alone from a fresh mapping, ms per batch | first {args.steps} | next {args.settle} "

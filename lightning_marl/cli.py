@@ -139,7 +139,7 @@ def action_statistics(ds) -> list[str]:
 
     from lightning_marl.data import schema
 
-    action = torch.as_tensor(ds.transitions.get(schema.ACTION))
+    action = torch.as_tensor(ds.arrays.get(schema.ACTION))
     names = ds.spec.agent_names
     lines = []
     if ds.spec.discrete:

@@ -449,9 +449,9 @@ class OfflineMARLModule(L.LightningModule):
         # Runs before a checkpoint is restored, which then overwrites these statistics on resume.
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.normalises_observations and datamodule is not None and hasattr(datamodule, "dataset"):
-            self.fit_observation_normaliser(datamodule.dataset.transitions)
+            self.fit_observation_normaliser(datamodule.dataset.arrays)
         if self.normalises_state and datamodule is not None and hasattr(datamodule, "dataset"):
-            self.fit_state_normaliser(datamodule.dataset.transitions)
+            self.fit_state_normaliser(datamodule.dataset.arrays)
 
     # ---- state ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -35,7 +35,7 @@ def write_returns_histogram(dataset, path, bins: int = 40) -> Path:
     returns (random, expert) drawn as vertical lines where the metadata has them."""
     plt = _pyplot()
     path = Path(path)
-    returns = episode_returns(dataset.transitions).numpy()
+    returns = episode_returns(dataset.arrays).numpy()
     meta = dataset.metadata
     figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     try:

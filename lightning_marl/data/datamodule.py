@@ -17,13 +17,13 @@ import threading
 import numpy as np
 import torch
 from lightning import LightningDataModule
-from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.data import ReplayBuffer, TensorStorage
 from torchrl.data.replay_buffers import RandomSampler
 
 from lightning_marl.data import schema
 from lightning_marl.data.dataset import Dataset
+from lightning_marl.data.gather import RowGather
 from lightning_marl.data.page_cache import PageCacheWarmer, should_warm, warm_page_cache_choice
 from lightning_marl.data.prefetch import prefetched
 from lightning_marl.errors import ConfigError, DatasetError
@@ -31,57 +31,6 @@ from lightning_marl.errors import ConfigError, DatasetError
 
 def _identity(batch):
     return batch
-
-
-class RowGather:
-    """``transitions[index]`` for a 1-D ``index``, built array by array with ``index_select``.
-
-    The result equals TensorDict's own indexing (same nested keys, batch size and dtypes) at less
-    than half the cost: a batch of 128 rows from the 10M-transition benchmark dataset (10 arrays)
-    took 211-219 µs through ``transitions[index]``, 109 µs gathered array by array into a
-    TensorDict filled key by key, and 85-89 µs this way (gathered, then one unchecked constructor).
-    The arrays stay where they are (memory-mapped files: no copy, the page cache is shared by DDP
-    ranks).
-
-    Example:
-        >>> td = TensorDict({"a": torch.arange(5.0), ("b", "c"): torch.arange(10).reshape(5, 2)}, [5])
-        >>> index = torch.tensor([4, 0])
-        >>> (RowGather(td)(index) == td[index]).all()
-        True
-    """
-
-    def __init__(self, transitions):
-        self.leaves = [(key, transitions.get(key)) for key in transitions.keys(True, True)]
-        # Each leaf as (the names of the sub-dicts it sits in, its own name, the array).
-        self._plan = [(key[:-1], key[-1], leaf) if isinstance(key, tuple) else ((), key, leaf)
-                      for key, leaf in self.leaves]
-        devices = {leaf.device for _, leaf in self.leaves}
-        # A batch that names its device (all arrays on one) is handed to the step as it is;
-        # without one, Lightning's transfer_batch_to_device rebuilds it every step (~38 µs).
-        self.device = transitions.device if transitions.device is not None or len(devices) != 1 else devices.pop()
-
-    def __call__(self, index: torch.Tensor):
-        source = {}
-        for parents, name, leaf in self._plan:
-            branch = source
-            for part in parents:
-                branch = branch.setdefault(part, {})
-            branch[name] = torch.index_select(leaf, 0, index)
-        return _unchecked_tensordict(source, index.shape, self.device)
-
-
-def _unchecked_tensordict(source: dict, batch_size, device) -> TensorDict:
-    """``TensorDict(source, batch_size, device)`` (nested dicts become nested TensorDicts) without
-    the constructor's per-value shape and device checks, ~3 µs a key: the values are rows gathered
-    from arrays that loading already checked. tensordict's unchecked constructor is private;
-    without it (another tensordict version) the checked one runs. ``RowGather`` on the default
-    dataset (11 arrays): 41 µs a batch this way, 63 µs filling a TensorDict key by key."""
-    if _NEW_UNSAFE is not None:
-        return _NEW_UNSAFE(source, batch_size=batch_size, device=device)
-    return TensorDict(source, batch_size=batch_size, device=device)
-
-
-_NEW_UNSAFE = getattr(TensorDict, "_new_unsafe", None)
 
 
 def sample_seed(seed: int, rank: int, iteration: int) -> int:
@@ -268,6 +217,23 @@ class _BatchStream(IterableDataset):
             batches.close()  # stops prefetch threads
 
 
+def _on_device(transitions, next_sources: dict, next_steps, device):
+    """The per-row arrays, next-step sources and next steps copied to ``device``. A per-row array
+    that is the first T rows of a next-step source becomes a view of the source's copy (its rows
+    are copied once)."""
+    sources = {key: source.to(device) for key, source in next_sources.items()}
+    views = {}
+    for key, source in next_sources.items():
+        own = schema.NEXT_STEP_OF.get(key)
+        if own is not None and own in transitions.keys(True, True) and \
+                transitions.get(own).data_ptr() == next_sources[key].data_ptr():
+            views[own] = sources[key][:len(transitions)]
+    moved = transitions.exclude(*views).to(device) if views else transitions.to(device)
+    for key, view in views.items():
+        moved.set(key, view)
+    return moved, sources, next_steps.to(device) if next_steps is not None else None
+
+
 _WARMING_LOCK = threading.Lock()  # module-level: a datamodule is pickled for DDP spawn
 
 
@@ -322,7 +288,9 @@ class OfflineDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.buffer is not None:
             return
-        transitions = self.dataset.transitions
+        dataset = self.dataset
+        transitions = dataset.arrays  # the next-step keys stored once are gathered from next_sources
+        next_sources, next_steps = dataset.next_sources, dataset.next_steps
         module = self.trainer.lightning_module if self.trainer is not None else None
         prepare = self.prepare or getattr(module, "prepare_transitions", None)
         if prepare is not None:
@@ -332,16 +300,16 @@ class OfflineDataModule(LightningDataModule):
         storage_device = "cpu"
         if self.device == "accelerator" and self.trainer is not None:
             storage_device = self.trainer.strategy.root_device
-            transitions = transitions.to(storage_device)
+            transitions, next_sources, next_steps = _on_device(transitions, next_sources, next_steps, storage_device)
         self._storage_device = storage_device
-        if storage_device == "cpu" and should_warm(self.warm_page_cache, self.dataset.transitions):
-            self.page_cache = PageCacheWarmer(self.dataset.transitions)
+        if storage_device == "cpu" and should_warm(self.warm_page_cache, dataset.stored):
+            self.page_cache = PageCacheWarmer(dataset.stored)
         self.buffer = ReplayBuffer(
             storage=TensorStorage(transitions, device=storage_device),
             sampler=RandomSampler(),
             batch_size=self.batch_size,
         )
-        self._gather = RowGather(transitions)
+        self._gather = RowGather(transitions, next_sources, next_steps)
         if self.slice_len:
             self.slices = EpisodeSlices(transitions, self.slice_len, storage_device)
 
@@ -381,6 +349,11 @@ class OfflineDataModule(LightningDataModule):
             return self.slices.sample(self._gather, self.batch_size, generator)
         index = torch.randint(len(self.buffer), (self.batch_size,), generator=generator, device=self._storage_device)
         return self._gather(index)  # = self.buffer.storage.get(index), at less than half the cost
+
+    def rows(self, index: torch.Tensor):
+        """Rows ``index`` of the (prepared) dataset as a batch holds them: every key of the contract."""
+        self.setup()
+        return self._gather(index.to(self._storage_device))
 
     def sample(self, iteration: int):
         return self.sample_for_rank(self.rank, iteration)

@@ -6,8 +6,11 @@ Layout::
       metadata.json                  schema version, env, spec, quality, statistics, reference
                                      returns, generation, and one entry per array (file, dtype,
                                      shape, sha256)
-      arrays/agents/observation.bin  raw little-endian arrays, one file per contract key
-      ...
+      arrays/agents/observation.bin  raw little-endian arrays, one file per contract key: T rows,
+      ...                            except that each next-step key ("next", K) is stored once,
+      arrays/final_rows.bin          after K's T rows: F more rows, the next-step values of the
+                                     final rows listed here (episode ends; see next_steps.py);
+                                     metadata.json's next_steps says which keys are stored so
 
 Loading maps the files without reading them (DDP ranks on one machine share the page cache).
 Every load checks that each file exists and has the size its dtype and shape imply; full
@@ -27,7 +30,6 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,27 +37,72 @@ from tensordict import TensorDict
 from tensordict.memmap import MemoryMappedTensor
 
 from lightning_marl.data import schema
+from lightning_marl.data.gather import RowGather
+from lightning_marl.data.next_steps import NextSteps, final_rows, stored_pairs
 from lightning_marl.data.schema import SCHEMA_VERSION, TaskSpec, key_name
 from lightning_marl.errors import DatasetError
 
 FORMAT = "lightning_marl.dataset"
 AUTO_VERIFY_BYTES = 1 << 30
+FINAL_ROWS = "final_rows"  # the array of rows whose next-step values follow the T rows (next_steps.py)
 _DTYPES = {str(d): d for d in (torch.float32, torch.float64, torch.int64, torch.int32, torch.bool, torch.uint8)}
 
 
-@dataclass
 class Dataset:
-    """A loaded dataset: memory-mapped transitions [T] following the batch contract, and metadata.
+    """A loaded dataset: transitions [T] following the batch contract, and metadata.
+
+    ``arrays`` are the per-row arrays as stored (memory-mapped when loaded from disk). A dataset
+    written by this version stores each next-step key once, in the array of the key it pairs with
+    (data/next_steps.py): ``next_sources`` maps such a key to that array, and ``next_steps``
+    locates each row's next-step value in it. ``rows(index)`` and ``chunks()`` gather every key
+    of the contract without reading more than the rows asked for; ``transitions`` is all of
+    them at once, which for such a dataset holds the next-step keys in memory (fine for the
+    small datasets of tests and exports; training samples through ``rows``). A Dataset built
+    from a TensorDict of the whole contract (``Dataset(None, td, {})``) has no next sources.
 
     Example:
         >>> ds = load_dataset("path/to/dataset")    # doctest: +SKIP
         >>> ds.normalised_score(-12.0)              # doctest: +SKIP
         41.3
+        >>> ds.rows(torch.tensor([0, 5]))["next", "agents", "observation"].shape  # doctest: +SKIP
+        torch.Size([2, 3, 18])
     """
 
-    path: Path
-    transitions: TensorDict
-    metadata: dict
+    def __init__(self, path, transitions: TensorDict, metadata: dict, *, next_sources: dict | None = None,
+                 next_steps: NextSteps | None = None, stored: TensorDict | None = None):
+        self.path = path
+        self.arrays = transitions
+        self.metadata = metadata
+        self.next_sources = next_sources or {}
+        self.next_steps = next_steps
+        self.stored = stored if stored is not None else transitions
+        self._gather = RowGather(self.arrays, self.next_sources, self.next_steps)
+        self._transitions = None if self.next_sources else transitions
+
+    @property
+    def transitions(self) -> TensorDict:
+        """Every key of the contract for all T rows. The next-step keys a dataset stores once are
+        gathered into memory on first use (their size: about the observations and states)."""
+        if self._transitions is None:
+            transitions = self.arrays.copy()  # shallow: the per-row arrays stay memory-mapped
+            following = self.next_steps.positions(torch.arange(len(self)))
+            for key, source in self.next_sources.items():
+                transitions.set(key, source.index_select(0, following.to(source.device)))
+            self._transitions = transitions
+        return self._transitions
+
+    def keys(self) -> list:
+        """The contract keys of a row (leaf keys, nested as tuples)."""
+        return list(self.arrays.keys(True, True)) + list(self.next_sources)
+
+    def rows(self, index: torch.Tensor) -> TensorDict:
+        """Rows ``index`` (1-D int64) with every key of the contract, gathered array by array."""
+        return self._gather(index)
+
+    def chunks(self, size: int = 1 << 16):
+        """Consecutive rows, ``size`` at a time, with every key of the contract."""
+        for start in range(0, len(self), size):
+            yield self.rows(torch.arange(start, min(len(self), start + size)))
 
     @property
     def spec(self) -> TaskSpec:
@@ -74,10 +121,11 @@ class Dataset:
         return self.metadata.get("reference_returns") or {}
 
     def __len__(self) -> int:
-        return self.transitions.shape[0]
+        return self.arrays.shape[0]
 
     def normalised_score(self, episode_return: float) -> float | None:
         return normalised_score(episode_return, self.reference_returns)
+
 
 
 def normalised_score(episode_return: float, reference_returns: dict) -> float | None:
@@ -126,18 +174,18 @@ def write_dataset(path, transitions: TensorDict, metadata: dict, overwrite: bool
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
+        keys = list(transitions.keys(include_nested=True, leaves_only=True))
+        pairs = stored_pairs(keys)  # next-step key -> the key whose array stores it
+        final = final_rows(transitions, pairs)
+        next_of = {own: nxt for nxt, own in pairs.items()}
         arrays = {}
-        for key in sorted(transitions.keys(include_nested=True, leaves_only=True), key=key_name):
-            value = transitions.get(key).contiguous().cpu()
-            file = tmp / _array_file(key)
-            file.parent.mkdir(parents=True, exist_ok=True)
-            MemoryMappedTensor.from_tensor(value, filename=str(file), copy_data=True)
-            arrays[key_name(key)] = {
-                "file": _array_file(key),
-                "dtype": str(value.dtype),
-                "shape": list(value.shape),
-                "sha256": _sha256(file),
-            }
+        for key in sorted((k for k in keys if k not in pairs), key=key_name):
+            parts = [transitions.get(key)]
+            if key in next_of:  # its T rows, then the next-step values of the final rows
+                parts.append(transitions.get(next_of[key]).index_select(0, final))
+            arrays[key_name(key)] = _write_array(tmp, key, parts)
+        if pairs:
+            arrays[FINAL_ROWS] = _write_array(tmp, FINAL_ROWS, [final])
         returns = episode_returns(transitions)
         meta = dict(metadata)
         meta.update(
@@ -159,6 +207,10 @@ def write_dataset(path, transitions: TensorDict, metadata: dict, overwrite: bool
             ).hexdigest(),
         )
         meta.setdefault("reference_returns", {"random": None, "expert": None})
+        meta.pop("next_steps", None)
+        if pairs:
+            meta["next_steps"] = {"final_rows": FINAL_ROWS,
+                                  "stored_in": {key_name(n): key_name(o) for n, o in sorted(pairs.items(), key=str)}}
         _write_json_atomic(tmp / "metadata.json", meta)
         _fsync_tree(tmp)
         if path.exists():
@@ -172,6 +224,17 @@ def write_dataset(path, transitions: TensorDict, metadata: dict, overwrite: bool
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_dataset(path, verify="never")
+
+
+def _write_array(root: Path, key, parts: list) -> dict:
+    """Write the rows of ``parts`` one after the other as one raw array; its metadata entry."""
+    file = root / _array_file(key)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with open(file, "wb") as handle:
+        for part in parts:
+            part.detach().cpu().contiguous().numpy().tofile(handle)
+    shape = [sum(len(p) for p in parts), *parts[0].shape[1:]]
+    return {"file": _array_file(key), "dtype": str(parts[0].dtype), "shape": shape, "sha256": _sha256(file)}
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -207,10 +270,11 @@ def read_metadata(path) -> dict:
     if meta.get("format") != FORMAT:
         raise DatasetError(f"{meta_file}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in schema.READABLE_SCHEMA_VERSIONS or isinstance(version, bool):
         raise DatasetError(
-            f"{path}: schema version {version} is not supported by this lightning_marl "
-            f"(which reads version {SCHEMA_VERSION}); convert it with a matching release"
+            f"{path}: schema version {version!r} is not supported by this lightning_marl "
+            f"(which reads versions {', '.join(map(str, schema.READABLE_SCHEMA_VERSIONS))}); "
+            "convert it with a matching release"
         )
     for field_name in ("spec", "arrays", "n_transitions", "checksum"):
         if field_name not in meta:
@@ -235,6 +299,15 @@ def _check_metadata_types(meta: dict, meta_file: Path) -> None:
         shape = entry.get("shape")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise corrupt(f"array {name!r} has shape {shape!r}, expected a list of non-negative integers")
+    next_steps = meta.get("next_steps")
+    if next_steps is not None:
+        stored_in = next_steps.get("stored_in") if isinstance(next_steps, dict) else None
+        known = {key_name(n): key_name(o) for n, o in schema.NEXT_STEP_OF.items()}
+        if (not isinstance(stored_in, dict) or next_steps.get("final_rows") not in meta["arrays"]
+                or any(known.get(n) != o or o not in meta["arrays"] or n in meta["arrays"]
+                        for n, o in stored_in.items())):
+            raise corrupt(f"next_steps is {next_steps!r}, expected final_rows naming an array and stored_in "
+                          f"pairs among {known} whose arrays exist")
     if not isinstance(meta["spec"], dict):
         raise corrupt(f"spec is a {type(meta['spec']).__name__}, expected an object")
     try:
@@ -246,13 +319,19 @@ def _check_metadata_types(meta: dict, meta_file: Path) -> None:
 def load_dataset(path, verify: str = "auto") -> Dataset:
     """Map a dataset from disk after checking sizes, shapes and dtypes (and checksums, see verify).
 
-    verify: "auto" (full checksums if the arrays total under 1 GiB), "always" or "never".
+    verify: "auto" (full checksums if the arrays total under 1 GiB), "always" or "never". Schema
+    versions 1 (next-step keys as arrays of their own) and 2 load alike.
     """
     if verify not in ("auto", "always", "never"):
         raise DatasetError(f"verify must be 'auto', 'always' or 'never', not {verify!r}")
     path = Path(path)
     meta = read_metadata(path)
     spec = TaskSpec.from_dict(meta["spec"])
+    n = meta["n_transitions"]
+    next_steps_meta = meta.get("next_steps") or {}
+    stored_in = next_steps_meta.get("stored_in", {})
+    final_name = next_steps_meta.get("final_rows")
+    n_final = meta["arrays"][final_name]["shape"][0] if final_name and meta["arrays"][final_name]["shape"] else 0
     total = 0
     leaves = {}
     for name, entry in meta["arrays"].items():
@@ -272,23 +351,58 @@ def load_dataset(path, verify: str = "auto") -> Dataset:
                 f"{path}: array {name!r} ({entry['file']}) has {size} bytes, expected {expected} "
                 f"for {entry['dtype']} {list(shape)}: the file is truncated or corrupt"
             )
-        if shape and shape[0] != meta["n_transitions"]:
-            raise DatasetError(f"{path}: array {name!r} has {shape[0]} rows, expected {meta['n_transitions']}")
+        rows = n_final if name == final_name else n + n_final if name in stored_in.values() else n
+        if not shape or shape[0] != rows:
+            raise DatasetError(f"{path}: array {name!r} has shape {list(shape)}, expected {rows} rows")
         total += size
-        leaves[tuple(name.split(".")) if "." in name else name] = (file, dtype, shape, entry["sha256"])
+        leaves[name] = (file, dtype, shape, entry["sha256"])
     if verify == "always" or (verify == "auto" and total < AUTO_VERIFY_BYTES):
         for name, (file, _, _, digest) in leaves.items():
             if _sha256(file) != digest:
                 raise DatasetError(
-                    f"{path}: checksum mismatch in {key_name(name)!r} ({file.name}): the data changed "
+                    f"{path}: checksum mismatch in {name!r} ({file.name}): the data changed "
                     "after it was written; regenerate or re-download the dataset"
                 )
-    transitions = TensorDict({}, batch_size=[meta["n_transitions"]])
-    for key, (file, dtype, shape, _) in leaves.items():
-        transitions.set(key, MemoryMappedTensor.from_filename(str(file), dtype=dtype, shape=shape))
+    stored = TensorDict({}, batch_size=[])
+    for name, (file, dtype, shape, _) in leaves.items():
+        stored.set(_key(name), MemoryMappedTensor.from_filename(str(file), dtype=dtype, shape=shape))
+    next_steps = None
+    if final_name:
+        next_steps = NextSteps(stored.get(_key(final_name)), n)
+        _check_final_rows(next_steps.final, n, path)
+    arrays = TensorDict({}, batch_size=[n])
+    for name in leaves:
+        if name != final_name:
+            arrays.set(_key(name), stored.get(_key(name))[:n])
+    next_sources = {_key(nxt): stored.get(_key(own)) for nxt, own in stored_in.items()}
+    dataset = Dataset(path, arrays, meta, next_sources=next_sources, next_steps=next_steps, stored=stored)
     if verify != "never":
-        schema.validate_transitions(transitions, spec, where=str(path))
-    return Dataset(path=path, transitions=transitions, metadata=meta)
+        validate_dataset(dataset, spec, where=str(path))
+    return dataset
+
+
+def _key(name: str):
+    return tuple(name.split(".")) if "." in name else name
+
+
+def _check_final_rows(final: torch.Tensor, n: int, path: Path) -> None:
+    """The final rows are int64, strictly increasing, within [0, n), and end at the last row."""
+    if final.dtype != torch.int64 or final.ndim != 1:
+        raise DatasetError(f"{path}: {FINAL_ROWS} must be a 1-D int64 array, found {final.dtype} {list(final.shape)}")
+    if n and (not len(final) or int(final[-1]) != n - 1 or int(final[0]) < 0
+              or not bool((final[1:] > final[:-1]).all())):
+        raise DatasetError(f"{path}: {FINAL_ROWS} must be increasing row numbers in [0, {n}) ending at the "
+                           "last row; the dataset is corrupt")
+    if not n and len(final):
+        raise DatasetError(f"{path}: {FINAL_ROWS} lists rows of an empty dataset; the dataset is corrupt")
+
+
+def validate_dataset(dataset: Dataset, spec: TaskSpec, where: str) -> None:
+    """``schema.validate_transitions`` over every row, a chunk at a time (with next-step keys gathered)."""
+    if not len(dataset):
+        schema.validate_transitions(dataset.rows(torch.zeros(0, dtype=torch.int64)), spec, where=where)
+    for chunk in dataset.chunks(schema.VALIDATION_CHUNK):
+        schema.validate_transitions(chunk, spec, where=where)
 
 
 def verify_dataset(path) -> Dataset:

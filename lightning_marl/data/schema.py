@@ -42,7 +42,17 @@ TRUNCATED = ("next", "truncated")
 DONE = ("next", "done")
 WON = ("next", "won")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: next-step fields stored once (data/next_steps.py); 1 stored them as arrays of their own
+READABLE_SCHEMA_VERSIONS = (1, 2)
+
+# Each next-step key and the key of the following row that (within an episode) holds its value.
+NEXT_STEP_OF = {
+    NEXT_OBS: OBS,
+    NEXT_STATE: STATE,
+    NEXT_AGENT_STATE: AGENT_STATE,
+    NEXT_ACTION_MASK: ACTION_MASK,
+    NEXT_ACTION: ACTION,
+}
 
 
 def key_name(key) -> str:

@@ -130,7 +130,7 @@ class OnlineDataModule(OfflineDataModule):
         self.collect_seconds += time.perf_counter() - began
 
     def _common_keys(self, rows) -> list:
-        offline = set(self.dataset.transitions.keys(include_nested=True, leaves_only=True))
+        offline = set(self.dataset.keys())
         online = set(rows.keys(include_nested=True, leaves_only=True))
         if self.n_offline == 0:
             return sorted(online, key=str)

@@ -39,10 +39,10 @@ def pages(array) -> int:
 @linux_only
 def test_warming_maps_every_page_of_every_array(continuous_dataset):
     dataset = load_dataset(continuous_dataset.path, verify="never")  # a fresh mapping: nothing touched yet
-    arrays = mapped_arrays(dataset.transitions)
-    assert len(arrays) == len(dataset.transitions.keys(True, True))
+    arrays = mapped_arrays(dataset.stored)
+    assert len(arrays) == len(dataset.stored.keys(True, True))
     assert sum(resident_bytes(a) for a in arrays) < sum(pages(a) for a in arrays) / 4
-    warmer = PageCacheWarmer(dataset.transitions)
+    warmer = PageCacheWarmer(dataset.stored)
     warmer.join(timeout=60)
     assert warmer.done
     assert warmer.bytes == warmer.total == sum(a.numel() * a.element_size() for a in arrays)
@@ -59,7 +59,7 @@ def test_stop_ends_the_thread_after_the_slice_in_progress(continuous_dataset, mo
         release.wait(10)
 
     monkeypatch.setattr(page_cache, "_touch", slow_touch)
-    warmer = PageCacheWarmer(load_dataset(continuous_dataset.path, verify="never").transitions)
+    warmer = PageCacheWarmer(load_dataset(continuous_dataset.path, verify="never").stored)
     assert started.wait(10)
     threading.Timer(0.05, release.set).start()
     warmer.stop()
@@ -72,14 +72,14 @@ def test_a_failing_read_ends_the_thread_with_a_warning(continuous_dataset, monke
 
     monkeypatch.setattr(page_cache, "_touch", failing)
     with caplog.at_level(logging.WARNING, logger="lightning_marl.data.page_cache"):
-        warmer = PageCacheWarmer(load_dataset(continuous_dataset.path, verify="never").transitions)
+        warmer = PageCacheWarmer(load_dataset(continuous_dataset.path, verify="never").stored)
         warmer.join(timeout=10)
     assert not warmer.done and warmer.bytes == 0
     assert "warming the page cache stopped" in caplog.text and "Cannot allocate memory" in caplog.text
 
 
 def test_auto_warms_what_fits_in_half_the_available_memory(continuous_dataset, monkeypatch):
-    transitions = load_dataset(continuous_dataset.path, verify="never").transitions
+    transitions = load_dataset(continuous_dataset.path, verify="never").stored
     total = sum(a.numel() * a.element_size() for a in mapped_arrays(transitions))
     for available, expected in ((2 * total, True), (2 * total - 2, False), (None, False)):
         monkeypatch.setattr(page_cache, "memory_available", lambda: available)

@@ -1,9 +1,9 @@
-"""The datamodule's batches: RowGather equals TorchRL's storage indexing on real datasets."""
+"""The datamodule's batches: RowGather equals TensorDict indexing of the whole contract on real datasets."""
 
 import pytest
 import torch
 
-from lightning_marl.data import datamodule as datamodule_module
+from lightning_marl.data import gather as gather_module
 from lightning_marl.data import schema
 from lightning_marl.data.datamodule import OfflineDataModule, RowGather
 from lightning_marl.data.dataset import load_dataset
@@ -13,12 +13,14 @@ from lightning_marl.data.dataset import load_dataset
 def test_row_gather_equals_the_storages_indexing_on_memory_mapped_datasets(climbing_dataset, continuous_dataset,
                                                                            unchecked, monkeypatch):
     if not unchecked:  # what runs with a tensordict that lacks the private unchecked constructor
-        monkeypatch.setattr(datamodule_module, "_NEW_UNSAFE", None)
+        monkeypatch.setattr(gather_module, "_NEW_UNSAFE", None)
     for dataset in (climbing_dataset, continuous_dataset):  # written with write_dataset: memory-mapped
         datamodule = OfflineDataModule(load_dataset(dataset.path), batch_size=16, seed=0)
         datamodule.setup()
         index = torch.randint(len(datamodule.buffer), (16,), generator=torch.Generator().manual_seed(1))
-        ours, theirs = RowGather(datamodule.dataset.transitions)(index), datamodule.buffer.storage.get(index)
+        # The dataset stores next-step keys once; the batch must hold the same rows as indexing all of them.
+        ours, theirs = datamodule.rows(index), datamodule.dataset.transitions[index]
+        assert datamodule.dataset.next_sources  # the datasets exercise the next-step gather
         assert set(ours.keys(True, True)) == set(theirs.keys(True, True)) and ours.batch_size == theirs.batch_size
         assert ours.device == torch.device("cpu")  # named: Lightning then hands it over without a rebuild
         for key in theirs.keys(True, True):

@@ -398,7 +398,7 @@ def _bad_metadata(meta: dict, how: str, rng) -> dict:
         meta["spec"] = [{"n_agents": "two"}, {**meta["spec"], "obs_dim": 5}, {**meta["spec"], "bogus": 1}, [],
                         {**meta["spec"], "n_agents": 3}][int(rng.integers(0, 5))]
     elif how == "schema_version":
-        meta["schema_version"] = [0, 2, "1", None][int(rng.integers(0, 4))]
+        meta["schema_version"] = [0, 3, "2", None][int(rng.integers(0, 4))]
     elif how == "not_a_dict":
         meta = [meta]
     return meta

@@ -1,0 +1,94 @@
+"""Next-step fields stored once: the value of ``("next", K)`` in row t is usually ``K`` of row t + 1.
+
+A dataset on disk (schema version 2) stores each such pair once. The array of ``K`` holds its T
+rows followed by F more: the next-step values of the *final rows*, the rows t whose
+``("next", K)`` differs from ``K`` of row t + 1 for some pair (an episode's last step, whose next
+observation is the terminal one and not the next episode's first) and the dataset's last row.
+Every other row's next-step value is the following row of the same array. The layout is
+lossless (``final_rows`` is computed by comparing values, not assumed from episode ids), halves
+the bytes of the observation and state fields, and puts a row and its successor side by side, so
+a batch touches about half as many pages of a cold page cache.
+
+Example:
+    >>> import torch
+    >>> from tensordict import TensorDict
+    >>> obs = torch.tensor([[0.0], [1.0], [5.0], [6.0]])
+    >>> td = TensorDict({"o": obs, ("next", "o"): torch.tensor([[1.0], [2.0], [6.0], [7.0]])}, [4])
+    >>> final = final_rows(td, {("next", "o"): "o"})
+    >>> final
+    tensor([1, 3])
+    >>> stored = torch.cat([obs, td["next", "o"][final]])       # what the file holds
+    >>> steps = NextSteps(final, n_rows=4)
+    >>> stored[steps.positions(torch.arange(4))].squeeze(-1)    # = td["next", "o"]
+    tensor([1., 2., 6., 7.])
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+
+from lightning_marl.data import schema
+
+CHUNK = 1 << 16
+
+
+def stored_pairs(keys) -> dict:
+    """{next-step key: the key whose array stores it} for the pairs both present in ``keys``."""
+    keys = set(keys)
+    return {nxt: own for nxt, own in schema.NEXT_STEP_OF.items() if nxt in keys and own in keys}
+
+
+def final_rows(transitions: TensorDictBase, pairs: dict, chunk: int = CHUNK) -> torch.Tensor:
+    """Sorted rows t (int64) whose next-step value differs from row t + 1's for some pair in ``pairs``,
+    and the last row. Compared in chunks of rows (bit for bit, so NaN payloads count as different)."""
+    n = transitions.shape[0]
+    found = []
+    for start in range(0, max(n - 1, 0), chunk):
+        stop = min(n - 1, start + chunk)
+        differs = torch.zeros(stop - start, dtype=torch.bool)
+        for nxt, own in pairs.items():
+            following = transitions.get(own)[start + 1:stop + 1]
+            value = transitions.get(nxt)[start:stop]
+            differs |= _differs(value, following)
+        found.append(differs.nonzero().squeeze(-1) + start)
+    if n:
+        found.append(torch.tensor([n - 1]))
+    return torch.cat(found).to(torch.int64) if found else torch.zeros(0, dtype=torch.int64)
+
+
+def _differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per row, whether ``a`` and ``b`` differ in any element, compared as raw bytes."""
+    rows = a.shape[0]
+    a, b = a.contiguous().reshape(rows, -1), b.contiguous().reshape(rows, -1)
+    if a.dtype.is_floating_point:
+        view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        a, b = a.view(view), b.view(view)
+    return (a != b).any(-1)
+
+
+class NextSteps:
+    """Where row t's next-step value lies in a stored array of T + F rows: row t + 1, or, for the
+    j-th final row, row T + j.
+
+    Example:
+        >>> NextSteps(torch.tensor([1, 3]), n_rows=4).positions(torch.tensor([0, 1, 2, 3]))
+        tensor([1, 4, 3, 5])
+    """
+
+    def __init__(self, final: torch.Tensor, n_rows: int):
+        self.final = final
+        self.n_rows = n_rows
+
+    def __len__(self) -> int:
+        return len(self.final)
+
+    def to(self, device) -> "NextSteps":
+        return NextSteps(self.final.to(device), self.n_rows)
+
+    def positions(self, index: torch.Tensor) -> torch.Tensor:
+        """Positions (same shape and device as ``index``) of the next-step values of rows ``index``."""
+        if not len(self.final):
+            return index + 1
+        j = torch.searchsorted(self.final, index).clamp_(max=len(self.final) - 1)
+        return torch.where(self.final[j] == index, self.n_rows + j, index + 1)

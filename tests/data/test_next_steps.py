@@ -1,0 +1,157 @@
+"""Next-step fields stored once (schema version 2): lossless, smaller, read like before."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tensordict import TensorDict
+
+from lightning_marl.data import schema
+from lightning_marl.data.datamodule import OfflineDataModule, _on_device, sample_seed
+from lightning_marl.data.dataset import load_dataset, write_dataset
+from lightning_marl.data.gather import RowGather
+from lightning_marl.data.next_steps import NextSteps
+from lightning_marl.data.schema import TaskSpec
+from lightning_marl.errors import DatasetError
+
+SPEC = TaskSpec(n_agents=2, obs_dim=3, state_dim=5, discrete=True, n_actions=4)
+
+
+def episodes_of(lengths, break_rows=(), seed=0):
+    """Discrete transitions of episodes with ``lengths`` whose next-step fields are the following
+    row's, except at episode ends and at ``break_rows`` (rows whose next values differ anyway)."""
+    g = torch.Generator().manual_seed(seed)
+    n = sum(lengths)
+    steps = [torch.randn(length + 1, 2, 3, generator=g) for length in lengths]  # o_0 .. o_L per episode
+    obs = torch.cat([s[:-1] for s in steps])
+    next_obs = torch.cat([s[1:] for s in steps])
+    masks = [torch.rand(length + 1, 2, 4, generator=g) < 0.7 for length in lengths]
+    for m in masks:
+        m[..., 0] = True  # action 0 always available
+    mask, next_mask = torch.cat([m[:-1] for m in masks]), torch.cat([m[1:] for m in masks])
+    for row in break_rows:
+        next_obs[row] += 1.0
+    done = torch.zeros(n, 1, dtype=torch.bool)
+    done[torch.tensor(lengths).cumsum(0) - 1] = True
+    td = TensorDict({
+        schema.OBS: obs, schema.NEXT_OBS: next_obs,
+        schema.STATE: obs.flatten(1)[:, :5].clone(), schema.NEXT_STATE: next_obs.flatten(1)[:, :5].clone(),
+        schema.ACTION_MASK: mask, schema.NEXT_ACTION_MASK: next_mask,
+        schema.ACTION: torch.zeros(n, 2, dtype=torch.int64),
+        schema.REWARD: torch.randn(n, 1, generator=g),
+        schema.TERMINATED: done.clone(), schema.TRUNCATED: torch.zeros(n, 1, dtype=torch.bool), schema.DONE: done,
+        schema.EPISODE: torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)),
+    }, [n])
+    return td
+
+
+def assert_same_contract(ours: TensorDict, theirs: TensorDict):
+    assert set(ours.keys(True, True)) == set(theirs.keys(True, True))
+    for key in theirs.keys(True, True):
+        assert ours.get(key).dtype == theirs.get(key).dtype and torch.equal(ours.get(key), theirs.get(key)), key
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=8), breaks=st.lists(st.integers(0, 200), max_size=4),
+       seed=st.integers(0, 2**16))
+def test_every_key_reads_back_exactly_and_final_rows_are_where_values_differ(tmp_path, lengths, breaks, seed):
+    n = sum(lengths)
+    breaks = sorted({b % n for b in breaks})
+    td = episodes_of(lengths, breaks, seed)
+    path = tmp_path / f"d{seed}"
+    write_dataset(path, td, {"spec": SPEC}, overwrite=True)
+    ds = load_dataset(path, verify="always")
+    assert_same_contract(ds.transitions, td)
+    index = torch.randint(n, (17,), generator=torch.Generator().manual_seed(seed))
+    assert_same_contract(ds.rows(index), td[index])
+    assert_same_contract(torch.cat(list(ds.chunks(5))), td)
+    ends = (torch.tensor(lengths).cumsum(0) - 1).tolist()
+    assert ds.next_steps.final.tolist() == sorted(set(ends) | set(breaks))
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta["schema_version"] == 2
+    assert not any(name.startswith("next.agents.observation") or name == "next.state" for name in meta["arrays"])
+    assert meta["arrays"]["agents.observation"]["shape"][0] == n + len(ds.next_steps)
+    assert not (path / "arrays" / "next" / "agents" / "observation.bin").exists()
+
+
+def test_the_stored_bytes_shrink_by_the_next_step_fields(tmp_path):
+    td = episodes_of([50] * 8)
+    ds = write_dataset(tmp_path / "d", td, {"spec": SPEC})
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "d" / "arrays").rglob("*.bin"))
+    in_memory = sum(v.nbytes for v in td.values(True, True))
+    next_bytes = sum(td.get(k).nbytes for k in (schema.NEXT_OBS, schema.NEXT_STATE, schema.NEXT_ACTION_MASK))
+    # What remains of the next-step fields: one row per episode (8 of 400), plus the final rows' numbers.
+    assert on_disk == in_memory - next_bytes * (400 - 8) // 400 + 8 * 8
+    assert len(ds.next_steps) == 8
+
+
+def test_a_schema_1_dataset_with_next_step_arrays_still_loads(tmp_path):
+    td = episodes_of([3, 5, 2])
+    write_dataset(tmp_path / "v2", td, {"spec": SPEC})
+    shutil.copytree(tmp_path / "v2", tmp_path / "v1")
+    root = tmp_path / "v1"
+    meta = json.loads((root / "metadata.json").read_text())
+    n = meta["n_transitions"]
+    for name in meta["next_steps"]["stored_in"].values():  # back to T rows ...
+        entry = meta["arrays"][name]
+        file = root / entry["file"]
+        file.write_bytes(file.read_bytes()[:td.get(tuple(name.split("."))).nbytes])
+        entry["shape"][0] = n
+    for key in (schema.NEXT_OBS, schema.NEXT_STATE, schema.NEXT_ACTION_MASK):  # ... and an array per next key
+        name = schema.key_name(key)
+        file = root / "arrays" / (name.replace(".", "/") + ".bin")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        td.get(key).numpy().tofile(file)
+        meta["arrays"][name] = {"file": str(file.relative_to(root)), "dtype": str(td.get(key).dtype),
+                                "shape": list(td.get(key).shape), "sha256": "unchecked"}
+    (root / "arrays" / "final_rows.bin").unlink()
+    del meta["arrays"]["final_rows"], meta["next_steps"]
+    meta["schema_version"] = 1
+    (root / "metadata.json").write_text(json.dumps(meta))
+    ds = load_dataset(root, verify="never")
+    assert ds.next_steps is None and not ds.next_sources
+    assert_same_contract(ds.transitions, td)
+    assert_same_contract(ds.rows(torch.tensor([9, 0, 3])), td[torch.tensor([9, 0, 3])])
+
+
+@pytest.mark.parametrize("damage", ["unsorted", "missing_last", "negative", "no_metadata_pairing", "foreign_pair"])
+def test_damaged_final_rows_or_pairings_are_refused(tmp_path, damage):
+    write_dataset(tmp_path / "d", episodes_of([3, 5, 2]), {"spec": SPEC})
+    meta_file, final_file = tmp_path / "d" / "metadata.json", tmp_path / "d" / "arrays" / "final_rows.bin"
+    meta = json.loads(meta_file.read_text())
+    final = torch.tensor([2, 7, 9])
+    if damage == "unsorted":
+        torch.tensor([7, 2, 9]).numpy().tofile(final_file)
+    elif damage == "missing_last":
+        torch.tensor([2, 7, 8]).numpy().tofile(final_file)
+    elif damage == "negative":
+        torch.tensor([-1, 7, 9]).numpy().tofile(final_file)
+    elif damage == "no_metadata_pairing":
+        meta["next_steps"]["final_rows"] = "nowhere"
+    elif damage == "foreign_pair":
+        meta["next_steps"]["stored_in"]["next.state"] = "agents.observation"
+    assert final.tolist() == [2, 7, 9]  # what the file held
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="final_rows|next_steps"):
+        load_dataset(tmp_path / "d", verify="never")
+
+
+def test_the_datamodule_batches_hold_every_key_also_from_device_copies(tmp_path):
+    td = episodes_of([4, 6, 1, 5])
+    ds = write_dataset(tmp_path / "d", td, {"spec": SPEC})
+    datamodule = OfflineDataModule(ds, batch_size=32, seed=3)
+    batch = datamodule.sample(0)
+    rows = torch.randint(len(td), (32,), generator=torch.Generator().manual_seed(sample_seed(3, 0, 0)))
+    assert_same_contract(batch, td[rows])
+    # The copy an accelerator gets: per-row arrays that a next-step source begins with become
+    # views of the source's copy (their rows are copied once).
+    arrays, sources, steps = _on_device(ds.arrays, ds.next_sources, ds.next_steps, "cpu")
+    assert arrays.get(schema.OBS).data_ptr() == sources[schema.NEXT_OBS].data_ptr()
+    assert_same_contract(RowGather(arrays, sources, steps)(rows), td[rows])
+
+
+def test_positions_without_final_rows_are_the_following_rows():
+    assert NextSteps(torch.zeros(0, dtype=torch.int64), 3).positions(torch.tensor([0, 2])).tolist() == [1, 3]
