@@ -95,23 +95,36 @@ class Plugin:
         """Restore what ``state_dict`` returned."""
 
 
-def transitions_of(data) -> TensorDictBase:
+def transitions_of(data, keys=None) -> TensorDictBase:
     """The transitions [T] a plugin pretrains on: those of a DataModule (``.dataset.transitions``),
-    of a Dataset (``.transitions``), or a TensorDict of transitions itself.
+    of a Dataset (``.transitions``), or a TensorDict of transitions itself. With ``keys``, only
+    those of them that the data has: a dataset that stores next-step fields once (data/next_steps.py)
+    then hands over its memory-mapped arrays without gathering next-step fields nobody asked for.
 
     Example:
         >>> from tensordict import TensorDict
         >>> transitions = TensorDict({}, [5])
         >>> transitions_of(transitions) is transitions
         True
+        >>> import torch
+        >>> list(transitions_of(TensorDict({"a": torch.zeros(5), "b": torch.ones(5)}, [5]), keys=["a", "c"]).keys())
+        ['a']
     """
     if isinstance(data, TensorDictBase):
-        return data
-    dataset = getattr(data, "dataset", data)
-    transitions = getattr(dataset, "transitions", None)
-    if transitions is None:
-        raise PluginError(
-            f"pretraining needs the training data, got {type(data).__name__}; pass the run's DataModule, "
-            "a Dataset or a TensorDict of transitions"
-        )
-    return transitions
+        transitions = data
+    else:
+        dataset = getattr(data, "dataset", data)
+        arrays = getattr(dataset, "arrays", None)
+        if keys is not None and isinstance(arrays, TensorDictBase) and not set(keys) & set(dataset.next_sources):
+            transitions = arrays
+        else:
+            transitions = getattr(dataset, "transitions", None)
+        if transitions is None:
+            raise PluginError(
+                f"pretraining needs the training data, got {type(data).__name__}; pass the run's DataModule, "
+                "a Dataset or a TensorDict of transitions"
+            )
+    if keys is None:
+        return transitions
+    present = set(transitions.keys(True, True))
+    return transitions.select(*[key for key in keys if key in present])

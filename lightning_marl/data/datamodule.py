@@ -309,6 +309,8 @@ class OfflineDataModule(LightningDataModule):
             sampler=RandomSampler(),
             batch_size=self.batch_size,
         )
+        if next_steps is not None:
+            next_steps.table  # built once here, before prefetch threads share it
         self._gather = RowGather(transitions, next_sources, next_steps)
         if self.slice_len:
             self.slices = EpisodeSlices(transitions, self.slice_len, storage_device)

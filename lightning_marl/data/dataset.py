@@ -127,7 +127,6 @@ class Dataset:
         return normalised_score(episode_return, self.reference_returns)
 
 
-
 def normalised_score(episode_return: float, reference_returns: dict) -> float | None:
     """100·(R − R_random)/(R_expert − R_random), or None without both reference returns."""
     low, high = reference_returns.get("random"), reference_returns.get("expert")

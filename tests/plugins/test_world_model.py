@@ -266,5 +266,16 @@ def test_plugins_find_the_transitions_of_a_datamodule_a_dataset_or_a_tensordict(
     assert transitions_of(continuous_dataset) is transitions
     assert transitions_of(OfflineDataModule(continuous_dataset, 8)) is transitions
     assert transitions_of(transitions) is transitions
+    # Asking for keys the dataset stores per row gathers no next-step field: memory-mapped arrays.
+    from lightning_marl.data import schema
+    from lightning_marl.data.dataset import load_dataset
+
+    fresh = load_dataset(continuous_dataset.path)
+    assert fresh.next_sources
+    some = transitions_of(OfflineDataModule(fresh, 8), keys=[schema.ACTION, schema.STATE, ("no", "such")])
+    assert set(some.keys(True, True)) == {schema.ACTION, schema.STATE}
+    assert type(some.get(schema.STATE)).__name__ == "MemoryMappedTensor" and fresh._transitions is None
+    with_next = transitions_of(fresh, keys=[schema.NEXT_OBS])
+    assert torch.equal(with_next.get(schema.NEXT_OBS), continuous_dataset.transitions.get(schema.NEXT_OBS))
     with pytest.raises(PluginError, match="pretraining needs the training data, got int; pass the run's DataModule"):
         transitions_of(3)

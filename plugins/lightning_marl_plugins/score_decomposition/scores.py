@@ -135,9 +135,7 @@ class ScoreDecomposition(Plugin):
         if self.trained:
             return
         p, device = self.params, module.device
-        data = transitions_of(datamodule)
-        keys = [key for key in (schema.ACTION, schema.STATE, schema.AGENT_STATE) if key in data.keys(True)]
-        data = data.select(*keys)
+        data = transitions_of(datamodule, keys=[schema.ACTION, schema.STATE, schema.AGENT_STATE])
         if data.bytes() < IN_MEMORY_BYTES:
             data = data.to_tensordict()
         seed = int(getattr(module, "seed", 0))
