@@ -171,6 +171,10 @@ def cmd_dataset(args) -> int:
         print(f"  return         mean {_fmt(r['mean'])} std {_fmt(r['std'])} min {_fmt(r['min'])} max {_fmt(r['max'])}")
         print(f"  reference      {meta.get('reference_returns')}")
         print(f"  spec           {meta['spec']}")
+        if ds.next_steps is not None:
+            print(f"  next steps     stored once: {len(ds.next_sources)} fields, {len(ds.next_steps)} final rows")
+        else:
+            print("  next steps     arrays of their own (schema version 1)")
         for line in action_statistics(ds):
             print(f"  {line}")
         print(f"  checksum       {meta['checksum']}")

@@ -302,9 +302,10 @@ def _check_metadata_types(meta: dict, meta_file: Path) -> None:
     if next_steps is not None:
         stored_in = next_steps.get("stored_in") if isinstance(next_steps, dict) else None
         known = {key_name(n): key_name(o) for n, o in schema.NEXT_STEP_OF.items()}
-        if (not isinstance(stored_in, dict) or next_steps.get("final_rows") not in meta["arrays"]
-                or any(known.get(n) != o or o not in meta["arrays"] or n in meta["arrays"]
-                        for n, o in stored_in.items())):
+        final = next_steps.get("final_rows") if isinstance(next_steps, dict) else None
+        if (not isinstance(stored_in, dict) or not isinstance(final, str) or final not in meta["arrays"]
+                or any(not isinstance(o, str) or known.get(n) != o or o not in meta["arrays"] or n in meta["arrays"]
+                       for n, o in stored_in.items())):
             raise corrupt(f"next_steps is {next_steps!r}, expected final_rows naming an array and stored_in "
                           f"pairs among {known} whose arrays exist")
     if not isinstance(meta["spec"], dict):

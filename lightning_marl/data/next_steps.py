@@ -64,7 +64,7 @@ def _differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dtype.is_floating_point:
         view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
         a, b = a.view(view), b.view(view)
-    return (a != b).any(-1)
+    return (a != b).any(-1).cpu()
 
 
 class NextSteps:

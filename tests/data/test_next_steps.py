@@ -117,7 +117,8 @@ def test_a_schema_1_dataset_with_next_step_arrays_still_loads(tmp_path):
     assert_same_contract(ds.rows(torch.tensor([9, 0, 3])), td[torch.tensor([9, 0, 3])])
 
 
-@pytest.mark.parametrize("damage", ["unsorted", "missing_last", "negative", "no_metadata_pairing", "foreign_pair"])
+@pytest.mark.parametrize("damage", ["unsorted", "missing_last", "negative", "no_metadata_pairing", "foreign_pair",
+                                    "unhashable_final_rows", "unhashable_pair"])
 def test_damaged_final_rows_or_pairings_are_refused(tmp_path, damage):
     write_dataset(tmp_path / "d", episodes_of([3, 5, 2]), {"spec": SPEC})
     meta_file, final_file = tmp_path / "d" / "metadata.json", tmp_path / "d" / "arrays" / "final_rows.bin"
@@ -133,6 +134,10 @@ def test_damaged_final_rows_or_pairings_are_refused(tmp_path, damage):
         meta["next_steps"]["final_rows"] = "nowhere"
     elif damage == "foreign_pair":
         meta["next_steps"]["stored_in"]["next.state"] = "agents.observation"
+    elif damage == "unhashable_final_rows":
+        meta["next_steps"]["final_rows"] = ["final_rows"]
+    elif damage == "unhashable_pair":
+        meta["next_steps"]["stored_in"]["next.state"] = ["state"]
     assert final.tolist() == [2, 7, 9]  # what the file held
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(DatasetError, match="final_rows|next_steps"):

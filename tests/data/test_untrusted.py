@@ -399,6 +399,14 @@ def _bad_metadata(meta: dict, how: str, rng) -> dict:
                         {**meta["spec"], "n_agents": 3}][int(rng.integers(0, 5))]
     elif how == "schema_version":
         meta["schema_version"] = [0, 3, "2", None][int(rng.integers(0, 4))]
+    elif how == "next_steps":  # how the next-step fields stored once are found (data/next_steps.py)
+        pairs = meta["next_steps"]["stored_in"]
+        meta["next_steps"] = [
+            None, [], "final_rows", {"stored_in": pairs}, {"final_rows": 5, "stored_in": pairs},
+            {"final_rows": "episode", "stored_in": pairs}, {"final_rows": "final_rows", "stored_in": []},
+            {"final_rows": "final_rows", "stored_in": {**pairs, "next.state": "agents.observation"}},
+            {"final_rows": "final_rows", "stored_in": {**pairs, "next.reward": "state"}},
+        ][int(rng.integers(0, 9))]
     elif how == "not_a_dict":
         meta = [meta]
     return meta
@@ -408,7 +416,7 @@ def _bad_metadata(meta: dict, how: str, rng) -> dict:
 @given(seed=st.integers(0, 1000), how=st.sampled_from([
     "truncate_array", "garbage_array", "nan_with_new_checksum", "metadata_garbage", "metadata_truncate",
     "metadata_delete", "drop_field", "arrays_list", "entry_missing", "shape_garbage", "dtype_unknown", "escape",
-    "n_transitions", "spec", "schema_version", "not_a_dict"]))
+    "n_transitions", "spec", "schema_version", "next_steps", "final_rows_values", "not_a_dict"]))
 def test_fuzz_dataset_loader(written_dataset, seed, how):
     import hashlib
 
@@ -430,6 +438,13 @@ def test_fuzz_dataset_loader(written_dataset, seed, how):
             values[int(rng.integers(0, values.size))] = np.nan
             values.tofile(array_file)
             meta["arrays"][name]["sha256"] = hashlib.sha256(array_file.read_bytes()).hexdigest()
+            meta_file.write_text(json.dumps(meta))
+        elif how == "final_rows_values":  # consistent-looking final rows that break the layout's rules
+            final = np.fromfile(path / meta["arrays"]["final_rows"]["file"], np.int64)
+            bad = [final[::-1].copy(), np.concatenate([final[:-1], [final[-1] - 1]]), final - 1, final + 1]
+            bad[int(rng.integers(0, 4))].tofile(path / meta["arrays"]["final_rows"]["file"])
+            meta["arrays"]["final_rows"]["sha256"] = hashlib.sha256(
+                (path / meta["arrays"]["final_rows"]["file"]).read_bytes()).hexdigest()
             meta_file.write_text(json.dumps(meta))
         elif how.startswith("metadata_"):
             meta_file.unlink() if how == "metadata_delete" else damage_file(meta_file, how.split("_")[1], rng)
