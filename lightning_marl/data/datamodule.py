@@ -235,6 +235,7 @@ def _on_device(transitions, next_sources: dict, next_steps, device):
 
 
 _WARMING_LOCK = threading.Lock()  # module-level: a datamodule is pickled for DDP spawn
+_SETUP_LOCK = threading.Lock()
 
 
 class OfflineDataModule(LightningDataModule):
@@ -288,6 +289,11 @@ class OfflineDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.buffer is not None:
             return
+        with _SETUP_LOCK:  # prefetch threads of a datamodule nobody set up may all call it at once
+            if self.buffer is None:
+                self._setup()
+
+    def _setup(self) -> None:
         dataset = self.dataset
         transitions = dataset.arrays  # the next-step keys stored once are gathered from next_sources
         next_sources, next_steps = dataset.next_sources, dataset.next_steps
@@ -304,16 +310,16 @@ class OfflineDataModule(LightningDataModule):
         self._storage_device = storage_device
         if storage_device == "cpu" and should_warm(self.warm_page_cache, dataset.stored):
             self.page_cache = PageCacheWarmer(dataset.stored)
-        self.buffer = ReplayBuffer(
-            storage=TensorStorage(transitions, device=storage_device),
-            sampler=RandomSampler(),
-            batch_size=self.batch_size,
-        )
         if next_steps is not None:
             next_steps.table  # built once here, before prefetch threads share it
         self._gather = RowGather(transitions, next_sources, next_steps)
         if self.slice_len:
             self.slices = EpisodeSlices(transitions, self.slice_len, storage_device)
+        self.buffer = ReplayBuffer(  # last: a set buffer means a finished setup
+            storage=TensorStorage(transitions, device=storage_device),
+            sampler=RandomSampler(),
+            batch_size=self.batch_size,
+        )
 
     def teardown(self, stage: str | None = None) -> None:
         if self.page_cache is not None:

@@ -88,3 +88,38 @@ def test_grouped_streams_hold_the_batches_of_consecutive_iterations(climbing_dat
     assert [len(group) for group in groups] == [3, 3, 3]
     for k, batch in enumerate(batch for group in groups for batch in group):
         assert (batch == datamodule.sample(k)).all(), k
+
+
+def test_threads_that_sample_from_a_datamodule_nobody_set_up_wait_for_one_whole_setup(climbing_dataset, monkeypatch):
+    """Prefetch threads may be the first to sample (benchmarks stream without a Trainer): none may see
+    a half-built datamodule, and the setup runs once."""
+    import threading
+    import time
+
+    from lightning_marl.data import datamodule as datamodule_module
+
+    built = []
+    real = datamodule_module.RowGather
+
+    def slow_gather(*args, **kwargs):  # widens the window between the setup's first and last assignment
+        built.append(1)
+        time.sleep(0.2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datamodule_module, "RowGather", slow_gather)
+    datamodule = OfflineDataModule(load_dataset(climbing_dataset.path), batch_size=8, seed=1, slice_len=3)
+    results, errors = {}, []
+
+    def draw(iteration):
+        try:
+            results[iteration] = datamodule.sample(iteration)
+        except Exception as error:  # noqa: BLE001 (reported below)
+            errors.append(error)
+
+    threads = [threading.Thread(target=draw, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(built) == 1
+    assert all(batch.batch_size == torch.Size([8, 3]) for batch in results.values())  # slices, never rows
