@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ from lightning_marl.errors import DatasetError
 
 FORMAT = "lightning_marl.dataset"
 AUTO_VERIFY_BYTES = 1 << 30
+GATHER_WARNING_BYTES = 1 << 30  # Dataset.transitions warns before gathering this much into memory
 FINAL_ROWS = "final_rows"  # the array of rows whose next-step values follow the T rows (next_steps.py)
 _DTYPES = {str(d): d for d in (torch.float32, torch.float64, torch.int64, torch.int32, torch.bool, torch.uint8)}
 
@@ -84,6 +86,11 @@ class Dataset:
         """Every key of the contract for all T rows. The next-step keys a dataset stores once are
         gathered into memory on first use (their size: about the observations and states)."""
         if self._transitions is None:
+            size = sum(source[:1].nbytes for source in self.next_sources.values()) * len(self)
+            if size >= GATHER_WARNING_BYTES:
+                warnings.warn(f"gathering {size / 1e9:.1f} GB of next-step fields of {self.path} into memory "
+                              "(Dataset.transitions); Dataset.rows and Dataset.chunks read only the rows they "
+                              "are asked for", stacklevel=2)
             transitions = self.arrays.copy()  # shallow: the per-row arrays stay memory-mapped
             following = self.next_steps.positions(torch.arange(len(self)))
             for key, source in self.next_sources.items():

@@ -160,3 +160,18 @@ def test_the_datamodule_batches_hold_every_key_also_from_device_copies(tmp_path)
 
 def test_positions_without_final_rows_are_the_following_rows():
     assert NextSteps(torch.zeros(0, dtype=torch.int64), 3).positions(torch.tensor([0, 2])).tolist() == [1, 3]
+
+
+def test_gathering_every_next_step_field_into_memory_warns_above_the_threshold(tmp_path, monkeypatch):
+    from lightning_marl.data import dataset as dataset_module
+
+    td = episodes_of([4, 4])
+    write_dataset(tmp_path / "d", td, {"spec": SPEC})
+    monkeypatch.setattr(dataset_module, "GATHER_WARNING_BYTES", 8 * (2 * 3 * 4 + 5 * 4 + 2 * 4))  # exactly their size
+    with pytest.warns(UserWarning, match="gathering 0.0 GB of next-step fields"):
+        load_dataset(tmp_path / "d", verify="never").transitions
+    monkeypatch.setattr(dataset_module, "GATHER_WARNING_BYTES", 8 * (2 * 3 * 4 + 5 * 4 + 2 * 4) + 1)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset(tmp_path / "d", verify="never").transitions
