@@ -1,7 +1,7 @@
 """Next-step fields stored once (schema version 2): lossless, smaller, read like before."""
 
+import hashlib
 import json
-import shutil
 
 import pytest
 import torch
@@ -88,33 +88,74 @@ def test_the_stored_bytes_shrink_by_the_next_step_fields(tmp_path):
     assert len(ds.next_steps) == 8
 
 
-def test_a_schema_1_dataset_with_next_step_arrays_still_loads(tmp_path):
-    td = episodes_of([3, 5, 2])
-    write_dataset(tmp_path / "v2", td, {"spec": SPEC})
-    shutil.copytree(tmp_path / "v2", tmp_path / "v1")
-    root = tmp_path / "v1"
+def as_schema_1(root, td):
+    """Rewrite the dataset at ``root`` (written from ``td``) in the layout of schema version 1: every
+    next-step field an array of its own."""
     meta = json.loads((root / "metadata.json").read_text())
     n = meta["n_transitions"]
     for name in meta["next_steps"]["stored_in"].values():  # back to T rows ...
         entry = meta["arrays"][name]
         file = root / entry["file"]
         file.write_bytes(file.read_bytes()[:td.get(tuple(name.split("."))).nbytes])
-        entry["shape"][0] = n
+        entry["shape"][0], entry["sha256"] = n, hashlib.sha256(file.read_bytes()).hexdigest()
     for key in (schema.NEXT_OBS, schema.NEXT_STATE, schema.NEXT_ACTION_MASK):  # ... and an array per next key
         name = schema.key_name(key)
         file = root / "arrays" / (name.replace(".", "/") + ".bin")
         file.parent.mkdir(parents=True, exist_ok=True)
         td.get(key).numpy().tofile(file)
         meta["arrays"][name] = {"file": str(file.relative_to(root)), "dtype": str(td.get(key).dtype),
-                                "shape": list(td.get(key).shape), "sha256": "unchecked"}
+                                "shape": list(td.get(key).shape), "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
     (root / "arrays" / "final_rows.bin").unlink()
     del meta["arrays"]["final_rows"], meta["next_steps"]
     meta["schema_version"] = 1
     (root / "metadata.json").write_text(json.dumps(meta))
-    ds = load_dataset(root, verify="never")
+
+
+def test_a_schema_1_dataset_with_next_step_arrays_still_loads(tmp_path):
+    td = episodes_of([3, 5, 2])
+    write_dataset(tmp_path / "v1", td, {"spec": SPEC})
+    as_schema_1(tmp_path / "v1", td)
+    ds = load_dataset(tmp_path / "v1", verify="always")
     assert ds.next_steps is None and not ds.next_sources
     assert_same_contract(ds.transitions, td)
     assert_same_contract(ds.rows(torch.tensor([9, 0, 3])), td[torch.tensor([9, 0, 3])])
+
+
+def test_dataset_upgrade_rewrites_schema_1_in_place_and_leaves_current_datasets_alone(tmp_path, capsys):
+    from lightning_marl.cli import main
+
+    td = episodes_of([6, 5, 7])
+    write_dataset(tmp_path / "d", td, {"spec": SPEC, "id": "mine", "quality": "medium"})
+    as_schema_1(tmp_path / "d", td)
+    old_bytes = sum(f.stat().st_size for f in (tmp_path / "d").rglob("*.bin"))
+    old_checksum = json.loads((tmp_path / "d" / "metadata.json").read_text())["checksum"]
+    assert main(["dataset", "upgrade", str(tmp_path / "d")]) == 0
+    assert "schema version 1 -> 2" in capsys.readouterr().out
+    ds = load_dataset(tmp_path / "d", verify="always")
+    assert ds.metadata["schema_version"] == 2 and ds.id == "mine" and ds.metadata["quality"] == "medium"
+    assert ds.metadata["upgraded_from"] == {"schema_version": 1, "checksum": old_checksum}
+    assert_same_contract(ds.transitions, td)
+    assert sum(f.stat().st_size for f in (tmp_path / "d").rglob("*.bin")) < old_bytes
+    assert not (tmp_path / "d" / "arrays" / "next" / "state.bin").exists()
+    stamp = (tmp_path / "d" / "metadata.json").stat().st_mtime_ns
+    assert main(["dataset", "upgrade", str(tmp_path / "d")]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert (tmp_path / "d" / "metadata.json").stat().st_mtime_ns == stamp
+
+
+def test_dataset_upgrade_refuses_a_corrupt_dataset_and_keeps_it(tmp_path):
+    from lightning_marl.cli import main
+
+    td = episodes_of([4, 4])
+    write_dataset(tmp_path / "d", td, {"spec": SPEC})
+    as_schema_1(tmp_path / "d", td)
+    file = tmp_path / "d" / "arrays" / "next" / "state.bin"
+    data = bytearray(file.read_bytes())
+    data[0] ^= 0xFF
+    file.write_bytes(bytes(data))
+    assert main(["dataset", "upgrade", str(tmp_path / "d")]) != 0
+    assert file.read_bytes() == bytes(data)  # untouched
+    assert json.loads((tmp_path / "d" / "metadata.json").read_text())["schema_version"] == 1
 
 
 @pytest.mark.parametrize("damage", ["unsorted", "missing_last", "negative", "no_metadata_pairing", "foreign_pair",
