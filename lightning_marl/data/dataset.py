@@ -39,7 +39,7 @@ from tensordict.memmap import MemoryMappedTensor
 
 from lightning_marl.data import schema
 from lightning_marl.data.gather import RowGather
-from lightning_marl.data.next_steps import NextSteps, final_rows, stored_pairs
+from lightning_marl.data.next_steps import VIEW_CANDIDATES, NextSteps, final_rows, stored_pairs, views_of
 from lightning_marl.data.schema import SCHEMA_VERSION, TaskSpec, key_name
 from lightning_marl.errors import DatasetError
 
@@ -184,8 +184,9 @@ def write_dataset(path, transitions: TensorDict, metadata: dict, overwrite: bool
         pairs = stored_pairs(keys)  # next-step key -> the key whose array stores it
         final = final_rows(transitions, pairs)
         next_of = {own: nxt for nxt, own in pairs.items()}
+        views = views_of(transitions, pairs, final)  # key -> the key whose file it is a view of
         arrays = {}
-        for key in sorted((k for k in keys if k not in pairs), key=key_name):
+        for key in sorted((k for k in keys if k not in pairs and k not in views), key=key_name):
             parts = [transitions.get(key)]
             if key in next_of:  # its T rows, then the next-step values of the final rows
                 parts.append(transitions.get(next_of[key]).index_select(0, final))
@@ -214,6 +215,10 @@ def write_dataset(path, transitions: TensorDict, metadata: dict, overwrite: bool
         )
         meta.setdefault("reference_returns", {"random": None, "expert": None})
         meta.pop("next_steps", None)
+        meta.pop("views", None)
+        if views:
+            meta["views"] = {key_name(k): {"of": key_name(o), "shape": list(transitions.get(k).shape[1:])}
+                             for k, o in sorted(views.items(), key=str)}
         if pairs:
             meta["next_steps"] = {"final_rows": FINAL_ROWS,
                                   "stored_in": {key_name(n): key_name(o) for n, o in sorted(pairs.items(), key=str)}}
@@ -305,13 +310,23 @@ def _check_metadata_types(meta: dict, meta_file: Path) -> None:
         shape = entry.get("shape")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise corrupt(f"array {name!r} has shape {shape!r}, expected a list of non-negative integers")
+    views = meta.get("views")
+    if views is not None:
+        candidates = {key_name(k): key_name(o) for k, o in VIEW_CANDIDATES.items()}
+        if not isinstance(views, dict) or any(
+                not isinstance(view, dict) or candidates.get(name) != view.get("of") or name in meta["arrays"]
+                or view.get("of") not in meta["arrays"] or not isinstance(view.get("shape"), list)
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in view["shape"])
+                for name, view in views.items()):
+            raise corrupt(f"views is {views!r}, expected {{key: {{of: array, shape: [...]}}}} among {candidates}")
+    stored_arrays = set(meta["arrays"]) | set(views or {})
     next_steps = meta.get("next_steps")
     if next_steps is not None:
         stored_in = next_steps.get("stored_in") if isinstance(next_steps, dict) else None
         known = {key_name(n): key_name(o) for n, o in schema.NEXT_STEP_OF.items()}
         final = next_steps.get("final_rows") if isinstance(next_steps, dict) else None
         if (not isinstance(stored_in, dict) or not isinstance(final, str) or final not in meta["arrays"]
-                or any(not isinstance(o, str) or known.get(n) != o or o not in meta["arrays"] or n in meta["arrays"]
+                or any(not isinstance(o, str) or known.get(n) != o or o not in stored_arrays or n in stored_arrays
                        for n, o in stored_in.items())):
             raise corrupt(f"next_steps is {next_steps!r}, expected final_rows naming an array and stored_in "
                           f"pairs among {known} whose arrays exist")
@@ -377,11 +392,19 @@ def load_dataset(path, verify: str = "auto") -> Dataset:
     if final_name:
         next_steps = NextSteps(stored.get(_key(final_name)), n)
         _check_final_rows(next_steps.final, n, path)
+    full = {name: stored.get(_key(name)) for name in leaves if name != final_name}  # every array, T (+ F) rows
+    for name, view in (meta.get("views") or {}).items():
+        source = full[view["of"]]
+        rows = n + n_final if name in stored_in.values() else n
+        if source.shape[0] != rows or source.shape[1:].numel() != torch.Size(view["shape"]).numel():
+            raise DatasetError(f"{path}: {name!r} is recorded as a view of {view['of']!r} {list(source.shape)} "
+                               f"with rows of shape {view['shape']} and {rows} rows, which it cannot be; "
+                               "the dataset is corrupt")
+        full[name] = source.reshape(rows, *view["shape"])
     arrays = TensorDict({}, batch_size=[n])
-    for name in leaves:
-        if name != final_name:
-            arrays.set(_key(name), stored.get(_key(name))[:n])
-    next_sources = {_key(nxt): stored.get(_key(own)) for nxt, own in stored_in.items()}
+    for name, array in full.items():
+        arrays.set(_key(name), array[:n])
+    next_sources = {_key(nxt): full[own] for nxt, own in stored_in.items()}
     dataset = Dataset(path, arrays, meta, next_sources=next_sources, next_steps=next_steps, stored=stored)
     if verify != "never":
         validate_dataset(dataset, spec, where=str(path))

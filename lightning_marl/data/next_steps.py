@@ -57,6 +57,34 @@ def final_rows(transitions: TensorDictBase, pairs: dict, chunk: int = CHUNK) -> 
     return torch.cat(found).to(torch.int64) if found else torch.zeros(0, dtype=torch.int64)
 
 
+# Keys whose values are often another key's, reshaped: the state of many tasks is the agents'
+# observations concatenated (all built-in recipes). Such a key is stored as a view of the other's file.
+VIEW_CANDIDATES = {schema.STATE: schema.OBS}
+
+
+def views_of(transitions: TensorDictBase, pairs: dict, final: torch.Tensor, chunk: int = CHUNK) -> dict:
+    """{key: the key whose stored array it is a reshaped view of}, for the ``VIEW_CANDIDATES`` whose
+    every stored row (the T rows and, when the key stores its next-step values, those of the final
+    rows) equals the other key's bit for bit."""
+    keys = set(transitions.keys(True, True))
+    next_of = {own: nxt for nxt, own in pairs.items()}
+    views = {}
+    for key, source in VIEW_CANDIDATES.items():
+        if key not in keys or source not in keys or (key in next_of) != (source in next_of):
+            continue
+        value, base = transitions.get(key), transitions.get(source)
+        if value.dtype != base.dtype or value.shape[1:].numel() != base.shape[1:].numel():
+            continue
+        checks = [(value, base)]
+        if key in next_of:
+            checks.append((transitions.get(next_of[key]).index_select(0, final),
+                           transitions.get(next_of[source]).index_select(0, final)))
+        if all(not _differs(a[start:start + chunk], b[start:start + chunk]).any()
+               for a, b in checks for start in range(0, len(a), chunk)):
+            views[key] = source
+    return views
+
+
 def _differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per row, whether ``a`` and ``b`` differ in any element, compared as raw bytes."""
     rows = a.shape[0]

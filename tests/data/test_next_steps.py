@@ -216,3 +216,60 @@ def test_gathering_every_next_step_field_into_memory_warns_above_the_threshold(t
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_dataset(tmp_path / "d", verify="never").transitions
+
+
+VIEW_SPEC = TaskSpec(n_agents=2, obs_dim=3, state_dim=6, discrete=True, n_actions=4)
+
+
+def with_concatenated_state(td):
+    td = td.clone()
+    td.set(schema.STATE, td.get(schema.OBS).flatten(1).clone())
+    td.set(schema.NEXT_STATE, td.get(schema.NEXT_OBS).flatten(1).clone())
+    return td
+
+
+def test_a_state_that_is_the_observations_concatenated_is_stored_as_their_view(tmp_path):
+    td = with_concatenated_state(episodes_of([5, 7, 3]))
+    ds = write_dataset(tmp_path / "d", td, {"spec": VIEW_SPEC})
+    meta = json.loads((tmp_path / "d" / "metadata.json").read_text())
+    assert meta["views"] == {"state": {"of": "agents.observation", "shape": [6]}}
+    assert "state" not in meta["arrays"] and not (tmp_path / "d" / "arrays" / "state.bin").exists()
+    ds = load_dataset(tmp_path / "d", verify="always")
+    assert_same_contract(ds.transitions, td)
+    index = torch.tensor([14, 4, 0, 5, 11])
+    assert_same_contract(ds.rows(index), td[index])
+    assert schema.STATE not in ds.stored.keys(True, True)  # the page-cache warmer reads each file once
+    assert ds.arrays.get(schema.STATE).data_ptr() == ds.arrays.get(schema.OBS).data_ptr()
+
+
+@pytest.mark.parametrize("where", ["a row", "a final row's next state"])
+def test_a_state_that_differs_anywhere_gets_its_own_file(tmp_path, where):
+    td = with_concatenated_state(episodes_of([5, 7, 3]))
+    if where == "a row":
+        td.get(schema.STATE)[6, 2] += 1.0
+    else:  # row 4 ends the first episode: its next state is stored among the final rows
+        td.get(schema.NEXT_STATE)[4, 0] += 1.0
+    write_dataset(tmp_path / "d", td, {"spec": VIEW_SPEC})
+    meta = json.loads((tmp_path / "d" / "metadata.json").read_text())
+    assert "views" not in meta and "state" in meta["arrays"]
+    assert_same_contract(load_dataset(tmp_path / "d", verify="always").transitions, td)
+
+
+@pytest.mark.parametrize("damage", ["missing_source", "wrong_shape", "not_a_candidate", "also_a_file", "not_a_dict"])
+def test_damaged_views_are_refused(tmp_path, damage):
+    write_dataset(tmp_path / "d", with_concatenated_state(episodes_of([3, 4])), {"spec": VIEW_SPEC})
+    meta_file = tmp_path / "d" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    if damage == "missing_source":
+        meta["views"]["state"]["of"] = "agents.nothing"
+    elif damage == "wrong_shape":
+        meta["views"]["state"]["shape"] = [7]
+    elif damage == "not_a_candidate":
+        meta["views"]["episode"] = {"of": "agents.observation", "shape": []}
+    elif damage == "also_a_file":
+        meta["arrays"]["state"] = dict(meta["arrays"]["episode"])
+    else:
+        meta["views"] = ["state"]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="view"):
+        load_dataset(tmp_path / "d", verify="never")
