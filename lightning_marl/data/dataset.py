@@ -10,7 +10,9 @@ Layout::
       ...                            except that each next-step key ("next", K) is stored once,
       arrays/final_rows.bin          after K's T rows: F more rows, the next-step values of the
                                      final rows listed here (episode ends; see next_steps.py);
-                                     metadata.json's next_steps says which keys are stored so
+                                     metadata.json's next_steps says which keys are stored so;
+                                     a state equal to the observations concatenated has no file
+                                     (metadata.json's views: a reshaped view of theirs)
 
 Loading maps the files without reading them (DDP ranks on one machine share the page cache).
 Every load checks that each file exists and has the size its dtype and shape imply; full

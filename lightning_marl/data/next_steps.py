@@ -7,7 +7,9 @@ observation is the terminal one and not the next episode's first) and the datase
 Every other row's next-step value is the following row of the same array. The layout is
 lossless (``final_rows`` is computed by comparing values, not assumed from episode ids), halves
 the bytes of the observation and state fields, and puts a row and its successor side by side, so
-a batch touches about half as many pages of a cold page cache.
+a batch touches about half as many pages of a cold page cache. In the same spirit, a key of
+``VIEW_CANDIDATES`` whose stored rows equal another key's (the state of a task whose state is
+the agents' observations concatenated) is stored as a reshaped view of that key's file.
 
 Example:
     >>> import torch
