@@ -402,7 +402,10 @@ def load_dataset(path, verify: str = "auto") -> Dataset:
             raise DatasetError(f"{path}: {name!r} is recorded as a view of {view['of']!r} {list(source.shape)} "
                                f"with rows of shape {view['shape']} and {rows} rows, which it cannot be; "
                                "the dataset is corrupt")
-        full[name] = source.reshape(rows, *view["shape"])
+        # The source file mapped again with the view's shape (same page cache): unlike a reshape of
+        # the source, a MemoryMappedTensor pickles as its file (DDP spawn sends datasets to ranks).
+        full[name] = MemoryMappedTensor.from_filename(str(leaves[view["of"]][0]), dtype=source.dtype,
+                                                      shape=torch.Size([rows, *view["shape"]]))
     arrays = TensorDict({}, batch_size=[n])
     for name, array in full.items():
         arrays.set(_key(name), array[:n])

@@ -239,7 +239,15 @@ def test_a_state_that_is_the_observations_concatenated_is_stored_as_their_view(t
     index = torch.tensor([14, 4, 0, 5, 11])
     assert_same_contract(ds.rows(index), td[index])
     assert schema.STATE not in ds.stored.keys(True, True)  # the page-cache warmer reads each file once
-    assert ds.arrays.get(schema.STATE).data_ptr() == ds.arrays.get(schema.OBS).data_ptr()
+    assert ds.arrays.get(schema.STATE).filename == ds.arrays.get(schema.OBS).filename
+    # A loaded dataset goes to DDP ranks by pickling (spawn): the view must travel as its file.
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing as _torch_multiprocessing  # noqa: F401  (registers torch's reductions, as spawn does)
+
+    again = pickle.loads(ForkingPickler.dumps(ds.arrays))
+    assert torch.equal(again.get(schema.STATE), td.get(schema.STATE))
 
 
 @pytest.mark.parametrize("where", ["a row", "a final row's next state"])
