@@ -21,6 +21,7 @@ Run:
     python benchmarks/cold_start.py                              # 10M transitions, 20000 steps, 3 rounds
     python benchmarks/cold_start.py --transitions 100000 --steps 2000 --window 500 --rounds 1
     python benchmarks/cold_start.py --variants cold warm --datasets DIR_A DIR_B
+    python benchmarks/cold_start.py --variants cold warm --prefetch 0 2   # also with 2 batches fetched ahead
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ VARIANTS = {
 }
 
 
-def child(path: Path, variant: str, steps: int, window: int, batch: int) -> dict:
+def child(path: Path, variant: str, steps: int, window: int, batch: int, prefetch: int = 0) -> dict:
     from lightning_marl.algorithms.omiga import OMIGA
     from lightning_marl.data.datamodule import OfflineDataModule, _BatchStream
     from lightning_marl.data.dataset import load_dataset
@@ -75,7 +76,7 @@ def child(path: Path, variant: str, steps: int, window: int, batch: int) -> dict
 
     before = alone()
     datamodule = OfflineDataModule(sampling.open_dataset(path, cache), batch, seed=7,
-                                   warm_page_cache=warm_page_cache, iterations_per_batch=8)
+                                   warm_page_cache=warm_page_cache, iterations_per_batch=8, prefetch=prefetch)
     stream = iter(_BatchStream(datamodule))
     extras, done, counted, start = [], 0, 0, time.perf_counter()
     while done < steps:
@@ -104,29 +105,34 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--datasets", nargs="+", type=Path,
                         help="datasets to run on (default: the built one); the rows of the table name them")
+    parser.add_argument("--prefetch", type=int, nargs="+", default=[0],
+                        help="data.prefetch values to run each variant with (background threads fetching ahead)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-dataset", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child_dataset, args.child, args.steps, args.window, args.batch)))
+        print(json.dumps(child(args.child_dataset, args.child, args.steps, args.window, args.batch,
+                               args.prefetch[0])))
         return
     paths = args.datasets or [Path(args.dir) / f"navigation_like_{args.transitions}"]
     for path in paths:
         if not path.exists():
             print(f"building {path} ({args.transitions:,} transitions) ...", flush=True)
             sampling.build(path, args.transitions)
-    runs = [(path, variant) for path in paths for variant in args.variants]
-    label = {run: run[1] + (f", {run[0].name}" if len(paths) > 1 else "") for run in runs}
+    runs = [(path, variant, prefetch) for path in paths for variant in args.variants for prefetch in args.prefetch]
+    label = {run: run[1] + (f", prefetch {run[2]}" if args.prefetch != [0] else "")
+             + (f", {run[0].name}" if len(paths) > 1 else "") for run in runs}
     results = {label[run]: [] for run in runs}
     for round_ in range(args.rounds):
-        for path, variant in runs if round_ % 2 == 0 else runs[::-1]:
+        for path, variant, prefetch in runs if round_ % 2 == 0 else runs[::-1]:
             command = [sys.executable, __file__, "--child", variant, "--child-dataset", str(path),
-                       "--batch", str(args.batch), "--steps", str(args.steps), "--window", str(args.window)]
+                       "--batch", str(args.batch), "--steps", str(args.steps), "--window", str(args.window),
+                       "--prefetch", str(prefetch)]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             result = json.loads(output.strip().splitlines()[-1])
-            results[label[path, variant]].append(result)
+            results[label[path, variant, prefetch]].append(result)
             total = sum(extra for _, extra, _ in result["extras"])
-            print(f"round {round_ + 1}, {label[path, variant]}: {total:.2f} s extra over {args.steps} steps"
+            print(f"round {round_ + 1}, {label[path, variant, prefetch]}: {total:.2f} s extra over {args.steps} steps"
                   + (f" (warm-up {result['warmer_seconds']:.1f} s)" if result["warmer_seconds"] else ""), flush=True)
 
     marks = [m for m in (1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000) if m <= args.steps]

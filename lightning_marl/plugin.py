@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from tensordict import TensorDictBase
 
 from lightning_marl.errors import PluginError
@@ -93,6 +94,48 @@ class Plugin:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` returned."""
+
+
+class TrainingRows:
+    """The training data's rows, read on demand: what a plugin that pretrains on random rows (a
+    world model) holds instead of every transition at once. Over a Dataset it reads only the rows
+    and keys asked for from the memory-mapped arrays (``Dataset.rows``), so a dataset that stores
+    next-step fields once (data/next_steps.py) never gathers them whole; over a TensorDict it
+    indexes it.
+
+    Example:
+        >>> from tensordict import TensorDict
+        >>> data = TrainingRows(TensorDict({"a": torch.arange(5.0), "b": torch.ones(5)}, [5]))
+        >>> len(data), data.rows(torch.tensor([4, 1]), ["a"])["a"].tolist()
+        (5, [4.0, 1.0])
+    """
+
+    def __init__(self, data):
+        dataset = getattr(data, "dataset", data)
+        if not isinstance(dataset, TensorDictBase) and not hasattr(dataset, "rows"):
+            raise PluginError(
+                f"pretraining needs the training data, got {type(data).__name__}; pass the run's DataModule, "
+                "a Dataset or a TensorDict of transitions"
+            )
+        self.source = dataset
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def column(self, key) -> torch.Tensor:
+        """One key for every row (a key stored per row: e.g. the episode ids)."""
+        if isinstance(self.source, TensorDictBase):
+            return self.source.get(key)
+        if key in set(self.source.arrays.keys(True, True)):
+            return self.source.arrays.get(key)
+        return self.source.rows(torch.arange(len(self.source)), [key]).get(key)
+
+    def rows(self, index: torch.Tensor, keys) -> TensorDictBase:
+        """Rows ``index`` with those of ``keys`` that the data has."""
+        if isinstance(self.source, TensorDictBase):
+            present = set(self.source.keys(True, True))
+            return self.source.select(*[key for key in keys if key in present])[index]
+        return self.source.rows(index, keys)
 
 
 def transitions_of(data, keys=None) -> TensorDictBase:

@@ -81,6 +81,7 @@ class Dataset:
         self.next_steps = next_steps
         self.stored = stored if stored is not None else transitions
         self._gather = RowGather(self.arrays, self.next_sources, self.next_steps)
+        self._gathers: dict = {}  # RowGathers of the key subsets that rows(index, keys) was asked for
         self._transitions = None if self.next_sources else transitions
 
     @property
@@ -104,9 +105,17 @@ class Dataset:
         """The contract keys of a row (leaf keys, nested as tuples)."""
         return list(self.arrays.keys(True, True)) + list(self.next_sources)
 
-    def rows(self, index: torch.Tensor) -> TensorDict:
-        """Rows ``index`` (1-D int64) with every key of the contract, gathered array by array."""
-        return self._gather(index)
+    def rows(self, index: torch.Tensor, keys=None) -> TensorDict:
+        """Rows ``index`` (1-D int64) with every key of the contract, gathered array by array;
+        with ``keys``, only those of them that the dataset has (nothing else is read)."""
+        if keys is None:
+            return self._gather(index)
+        keys = tuple(dict.fromkeys(keys))
+        if keys not in self._gathers:
+            own = [key for key in keys if key in set(self.arrays.keys(True, True))]
+            sources = {key: self.next_sources[key] for key in keys if key in self.next_sources and key not in own}
+            self._gathers[keys] = RowGather(self.arrays.select(*own), sources, self.next_steps if sources else None)
+        return self._gathers[keys](index)
 
     def chunks(self, size: int = 1 << 16):
         """Consecutive rows, ``size`` at a time, with every key of the contract."""

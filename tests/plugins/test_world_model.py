@@ -93,7 +93,7 @@ def test_uncertainty_ranks_errors_and_rises_away_from_the_data(fitted_logo, one_
     result = plugin.evaluate_rows(held)
     rho = spearman(result["uncertainty"], result["state_error"])
     assert rho > SPEARMAN_MIN
-    t = plugin.model_tensors(plugin.transitions[held])
+    t = plugin.model_tensors(plugin.data.rows(held, plugin._model_keys()))
     g = torch.Generator().manual_seed(1)
     uniform = torch.rand(t["action"].shape, generator=g) * 2 - 1
     u_data = plugin.predict_mean(t["observation"], t["action"], t["state"])["uncertainty"].mean()
@@ -279,3 +279,40 @@ def test_plugins_find_the_transitions_of_a_datamodule_a_dataset_or_a_tensordict(
     assert torch.equal(with_next.get(schema.NEXT_OBS), continuous_dataset.transitions.get(schema.NEXT_OBS))
     with pytest.raises(PluginError, match="pretraining needs the training data, got int; pass the run's DataModule"):
         transitions_of(3)
+
+
+def test_a_world_model_pretrains_on_a_dataset_reading_only_the_rows_it_draws(continuous_dataset):
+    """On a dataset that stores next-step fields once, pretraining and rollouts read rows through
+    Dataset.rows (never gathering every next observation into memory) and learn exactly what they
+    learn from the same transitions held in memory."""
+    from lightning_marl.data.datamodule import OfflineDataModule
+    from lightning_marl.data.dataset import load_dataset
+    from lightning_marl.errors import PluginError
+    from lightning_marl.plugin import TrainingRows
+
+    fresh = load_dataset(continuous_dataset.path)
+    assert fresh.next_sources
+    fitted = []
+    for data in (OfflineDataModule(fresh, 8), continuous_dataset.transitions):
+        torch.manual_seed(0)
+        plugin = LOGO(LOGOParams(iterations=30, latent=8, context=8, hidden=[16, 16], batch_size=32,
+                                 rollout_batch=16, capacity=200, held_out=0.3))
+        module = MACQL.from_spec(fresh.spec, plugins=[plugin], hidden=[8, 8])
+        plugin.setup(module, data)
+        plugin.pretrain(data, module)
+        rollout = plugin.rollout(module, torch.Generator().manual_seed(3))
+        fitted.append((plugin, rollout))
+    assert fresh._transitions is None  # nothing gathered whole
+    (on_disk, rows_a), (in_memory, rows_b) = fitted
+    assert on_disk.threshold == in_memory.threshold and on_disk.threshold > 0
+    for a, b in zip(on_disk.model.parameters(), in_memory.model.parameters()):
+        assert torch.equal(a, b)
+    assert (rows_a == rows_b).all()
+    rows = TrainingRows(fresh)
+    index = torch.tensor([len(fresh) - 1, 0, 5])
+    assert torch.equal(rows.rows(index, [schema.NEXT_OBS]).get(schema.NEXT_OBS),
+                       continuous_dataset.transitions.get(schema.NEXT_OBS)[index])
+    assert torch.equal(rows.column(schema.NEXT_OBS), continuous_dataset.transitions.get(schema.NEXT_OBS))
+    assert fresh._transitions is None
+    with pytest.raises(PluginError, match="pretraining needs the training data, got int"):
+        TrainingRows(3)

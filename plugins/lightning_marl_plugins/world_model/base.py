@@ -37,7 +37,7 @@ from lightning_marl.data import schema
 from lightning_marl.data.datamodule import sample_seed
 from lightning_marl.errors import ConfigError, PluginError
 from lightning_marl.nets.precision import forget_cast_weights
-from lightning_marl.plugin import Plugin, transitions_of
+from lightning_marl.plugin import Plugin, TrainingRows
 from lightning_marl_plugins.world_model.buffer import UNCERTAINTY, SyntheticBuffer
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class WorldModelAugmentation(Plugin):
                               f"{p.batch_size}, {p.rollout_every}, {p.horizon}")
         self.model = None
         self.spec = None
-        self.transitions = None
+        self.data: TrainingRows | None = None  # the training rows, read on demand
         self.fitted = False
         self.threshold = 0.0
         self.diagnostics: dict[str, float] = {}
@@ -166,7 +166,7 @@ class WorldModelAugmentation(Plugin):
         self.spec = module.spec
         self._device = module.device
         if datamodule is not None:
-            self.transitions = transitions_of(datamodule)
+            self.data = TrainingRows(datamodule)
         if self.model is None:
             self.model = self.build_model(self.spec).to(self._device)
         if self._pending is not None:
@@ -174,12 +174,12 @@ class WorldModelAugmentation(Plugin):
             self._pending = None
 
     def pretrain(self, datamodule, module) -> None:
-        if self.model is None or self.transitions is None:
+        if self.model is None or self.data is None:
             self.setup(module, datamodule)
         if self.fitted:
             return  # restored from a checkpoint: never refitted
-        if self.transitions is None:
-            raise PluginError("world model: pretrain needs the dataset (a datamodule with .dataset.transitions)")
+        if self.data is None:
+            raise PluginError("world model: pretrain needs the dataset (pass the run's datamodule)")
         train_rows, held_rows = self.split(module.seed)
         self.fit(train_rows, seed=module.seed)
         self.calibrate(held_rows)
@@ -191,7 +191,7 @@ class WorldModelAugmentation(Plugin):
 
     def split(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Training and held-out row indices, split by episode with a generator seeded by the run's seed."""
-        episode = torch.as_tensor(self.transitions.get(schema.EPISODE))
+        episode = torch.as_tensor(self.data.column(schema.EPISODE))
         ids = torch.unique(episode)
         g = torch.Generator().manual_seed(sample_seed(seed, 0, 0) ^ 0x5B17)
         held_count = int(math.ceil(self.params.held_out * len(ids))) if self.params.held_out > 0 else 0
@@ -207,15 +207,14 @@ class WorldModelAugmentation(Plugin):
         p = self.params
         g = torch.Generator().manual_seed(sample_seed(seed, 0, 1) ^ 0x5B17)
         keys = self._model_keys()
-        data = self.transitions.select(*keys)
         stats_rows = train_rows[torch.randperm(len(train_rows), generator=g)[:100_000]]
-        t = self.model_tensors(data[stats_rows])
+        t = self.model_tensors(self.data.rows(stats_rows, keys))
         self.model.fit_statistics(t["observation"], t["action"], t["state"], t["next_observation"],
                                   t["next_state"], t["reward"])
         optimiser = torch.optim.Adam(self.model.parameters(), lr=p.lr)
         self.model.train()
         for _ in range(p.iterations):
-            loss = self.model_loss(self.model_tensors(data[self.draw_rows(g, train_rows)]))
+            loss = self.model_loss(self.model_tensors(self.data.rows(self.draw_rows(g, train_rows), keys)))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
@@ -229,10 +228,10 @@ class WorldModelAugmentation(Plugin):
         errors and those of predicting "no change" (standardised by the state/observation spread)."""
         out = {name: [] for name in ("uncertainty", "state_error", "no_change_state_error", "obs_error",
                                      "no_change_obs_error")}
-        data = self.transitions.select(*self._model_keys())
+        keys = self._model_keys()
         stats = self.model.stats
         for start in range(0, len(rows), chunk):
-            t = self.model_tensors(data[rows[start:start + chunk]])
+            t = self.model_tensors(self.data.rows(rows[start:start + chunk], keys))
             pred = self.predict_mean(t["observation"], t["action"], t["state"])
             s_true, s_prev = stats.state(t["next_state"]), stats.state(t["state"])
             o_true, o_prev = stats.obs(t["next_observation"]), stats.obs(t["observation"])
@@ -250,7 +249,7 @@ class WorldModelAugmentation(Plugin):
     def calibrate(self, held_rows: torch.Tensor) -> None:
         """C = the ``quantile`` of u on held-out real rows; diagnostics (mean squared errors) recorded."""
         if len(held_rows) == 0:
-            held_rows = torch.arange(min(len(self.transitions), 10_000))
+            held_rows = torch.arange(min(len(self.data), 10_000))
         held_rows = held_rows[:200_000]
         result = self.evaluate_rows(held_rows)
         self.threshold = float(torch.quantile(result["uncertainty"].double(), self.params.quantile))
@@ -288,10 +287,10 @@ class WorldModelAugmentation(Plugin):
     def rollout(self, module, generator: torch.Generator) -> TensorDict:
         """Branch ``rollout_batch`` dataset states for ``horizon`` steps; synthetic rows [R'] with u."""
         spec, device = self.spec, self._device
-        start = torch.randint(len(self.transitions), (self.params.rollout_batch,), generator=generator)
+        start = torch.randint(len(self.data), (self.params.rollout_batch,), generator=generator)
         keys = [schema.OBS, schema.STATE] + ([schema.AGENT_STATE] if spec.agent_state_dim else []) \
             + ([schema.ACTION_MASK] if spec.discrete else [])
-        td = self.transitions.select(*keys)[start].to(device)
+        td = self.data.rows(start, keys).to(device)
         observation, state = td.get(schema.OBS), self.state_vector(td)
         mask = td.get(schema.ACTION_MASK) if spec.discrete else None
         r = observation.shape[0]
@@ -336,7 +335,7 @@ class WorldModelAugmentation(Plugin):
 
     def refresh(self, module) -> None:
         """Roll out the current policy in the model and append the rows to the synthetic buffer."""
-        if self.model is None or self.transitions is None:
+        if self.model is None or self.data is None:
             raise PluginError("world model: augment_batch was called before setup/pretrain (no model or dataset)")
         self.buffer.extend(self.rollout(module, self._generator(module)))
         self.last_refresh = module.iteration
