@@ -217,11 +217,18 @@ class _BatchStream(IterableDataset):
             batches.close()  # stops prefetch threads
 
 
-def _on_device(transitions, next_sources: dict, next_steps, device):
+def _on_device(transitions, next_sources: dict, next_steps, device, views: dict | None = None):
     """The per-row arrays, next-step sources and next steps copied to ``device``. A per-row array
     that is the first T rows of a next-step source becomes a view of the source's copy (its rows
-    are copied once)."""
-    sources = {key: source.to(device) for key, source in next_sources.items()}
+    are copied once). ``views`` ({key: the key whose file it is a view of}, ``Dataset.views``): such
+    a key's next-step source becomes a reshaped view of the other's copy instead of a second copy
+    of the same file (the state of a 10M-transition, 3-agent dataset: 2.2 GB of device memory)."""
+    own_next = {own: nxt for nxt, own in schema.NEXT_STEP_OF.items()}
+    derived = {own_next.get(key): own_next.get(of) for key, of in (views or {}).items()}
+    derived = {key: of for key, of in derived.items() if key in next_sources and of in next_sources}
+    sources = {key: source.to(device) for key, source in next_sources.items() if key not in derived}
+    for key, of in derived.items():
+        sources[key] = sources[of].reshape(next_sources[key].shape)
     views = {}
     for key, source in next_sources.items():
         own = schema.NEXT_STEP_OF.get(key)
@@ -306,7 +313,8 @@ class OfflineDataModule(LightningDataModule):
         storage_device = "cpu"
         if self.device == "accelerator" and self.trainer is not None:
             storage_device = self.trainer.strategy.root_device
-            transitions, next_sources, next_steps = _on_device(transitions, next_sources, next_steps, storage_device)
+            transitions, next_sources, next_steps = _on_device(transitions, next_sources, next_steps, storage_device,
+                                                               getattr(dataset, "views", None))
         self._storage_device = storage_device
         if storage_device == "cpu" and should_warm(self.warm_page_cache, dataset.stored):
             self.page_cache = PageCacheWarmer(dataset.stored)

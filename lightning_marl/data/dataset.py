@@ -82,6 +82,7 @@ class Dataset:
         self.stored = stored if stored is not None else transitions
         self._gather = RowGather(self.arrays, self.next_sources, self.next_steps)
         self._gathers: dict = {}  # RowGathers of the key subsets that rows(index, keys) was asked for
+        self.views: dict = {}  # {key: the key whose file it is a view of} (metadata.json's views)
         self._transitions = None if self.next_sources else transitions
 
     @property
@@ -420,6 +421,7 @@ def load_dataset(path, verify: str = "auto") -> Dataset:
         arrays.set(_key(name), array[:n])
     next_sources = {_key(nxt): full[own] for nxt, own in stored_in.items()}
     dataset = Dataset(path, arrays, meta, next_sources=next_sources, next_steps=next_steps, stored=stored)
+    dataset.views = {_key(name): _key(view["of"]) for name, view in (meta.get("views") or {}).items()}
     if verify != "never":
         validate_dataset(dataset, spec, where=str(path))
     return dataset
