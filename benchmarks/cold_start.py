@@ -1,8 +1,10 @@
 """What a cold page cache costs a training run, with and without ``data.warm_page_cache``.
 
 Each measurement is a fresh process (what a user starts), on the synthetic dataset of
-``benchmarks/sampling.py`` (built there if missing; 10M transitions, 4.8 GB), or on each of
-``--datasets`` (their runs alternated with the others, e.g. the same data in another layout). The process drops the
+``benchmarks/sampling.py`` (built there if missing; 10M transitions, 2.6 GB), or on each of
+``--datasets`` (their runs alternated with the others, e.g. the same data in another layout),
+with each ``--prefetch`` value (``data.prefetch``: batches fetched ahead by background threads;
+default 0, inline). The process drops the
 dataset's pages (``posix_fadvise(DONTNEED)``, or keeps them: ``warm``), maps the files and runs the
 real training loop (the datamodule's batch stream, 8 batches at a time as ``fit`` takes them,
 feeding OMIGA's ``train_step``). Every --window steps it runs 250 steps on pre-sampled batches;
@@ -135,7 +137,7 @@ def main() -> None:
             print(f"round {round_ + 1}, {label[path, variant, prefetch]}: {total:.2f} s extra over {args.steps} steps"
                   + (f" (warm-up {result['warmer_seconds']:.1f} s)" if result["warmer_seconds"] else ""), flush=True)
 
-    marks = [m for m in (1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000) if m <= args.steps]
+    marks = [m for m in (1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000) if args.window <= m <= args.steps] or [args.steps]
     print()
     for path in paths:
         size_gb = sum(f.stat().st_size for f in path.rglob("*.bin")) / 1e9

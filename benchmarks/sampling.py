@@ -1,8 +1,9 @@
 """What sampling batches from a large memory-mapped dataset costs beside a training step.
 
 Builds (once, kept in --dir) a synthetic dataset in our on-disk format with --transitions rows
-of a VMAS-navigation-like task (3 agents, observation 18, state 54, action 2; about 0.48 kB per
-transition, 4.8 GB at 10M), then measures with the training threads the step would use:
+of a VMAS-navigation-like task (3 agents, observation 18, state 54, action 2; next-step fields
+stored once and the state a view of the observations: about 0.26 kB per transition, 2.6 GB at
+10M), then measures with the training threads the step would use:
 
 * **step**: one OMIGA ``train_step`` at batch 128, hidden 256 (no sampling), the denominator;
 * **sample warm / cold**: ``OfflineDataModule.sample`` inline, the mean over the first --steps
