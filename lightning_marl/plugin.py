@@ -96,6 +96,18 @@ class Plugin:
         """Restore what ``state_dict`` returned."""
 
 
+def training_data(data):
+    """The data a plugin pretrains on: a DataModule's Dataset, a Dataset, or a TensorDict of
+    transitions, as it is; anything else is refused with a PluginError."""
+    dataset = getattr(data, "dataset", data)
+    if isinstance(dataset, TensorDictBase) or (hasattr(dataset, "rows") and hasattr(dataset, "arrays")):
+        return dataset
+    raise PluginError(
+        f"pretraining needs the training data, got {type(data).__name__}; pass the run's DataModule, "
+        "a Dataset or a TensorDict of transitions"
+    )
+
+
 class TrainingRows:
     """The training data's rows, read on demand: what a plugin that pretrains on random rows (a
     world model) holds instead of every transition at once. Over a Dataset it reads only the rows
@@ -111,13 +123,7 @@ class TrainingRows:
     """
 
     def __init__(self, data):
-        dataset = getattr(data, "dataset", data)
-        if not isinstance(dataset, TensorDictBase) and not hasattr(dataset, "rows"):
-            raise PluginError(
-                f"pretraining needs the training data, got {type(data).__name__}; pass the run's DataModule, "
-                "a Dataset or a TensorDict of transitions"
-            )
-        self.source = dataset
+        self.source = training_data(data)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -153,20 +159,12 @@ def transitions_of(data, keys=None) -> TensorDictBase:
         >>> list(transitions_of(TensorDict({"a": torch.zeros(5), "b": torch.ones(5)}, [5]), keys=["a", "c"]).keys())
         ['a']
     """
-    if isinstance(data, TensorDictBase):
-        transitions = data
-    else:
-        dataset = getattr(data, "dataset", data)
-        arrays = getattr(dataset, "arrays", None)
-        if keys is not None and isinstance(arrays, TensorDictBase) and not set(keys) & set(dataset.next_sources):
-            transitions = arrays
+    transitions = training_data(data)
+    if not isinstance(transitions, TensorDictBase):  # a Dataset
+        if keys is not None and not set(keys) & set(transitions.next_sources):
+            transitions = transitions.arrays
         else:
-            transitions = getattr(dataset, "transitions", None)
-        if transitions is None:
-            raise PluginError(
-                f"pretraining needs the training data, got {type(data).__name__}; pass the run's DataModule, "
-                "a Dataset or a TensorDict of transitions"
-            )
+            transitions = transitions.transitions
     if keys is None:
         return transitions
     present = set(transitions.keys(True, True))

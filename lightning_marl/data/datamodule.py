@@ -217,28 +217,26 @@ class _BatchStream(IterableDataset):
             batches.close()  # stops prefetch threads
 
 
-def _on_device(transitions, next_sources: dict, next_steps, device, views: dict | None = None):
-    """The per-row arrays, next-step sources and next steps copied to ``device``. A per-row array
-    that is the first T rows of a next-step source becomes a view of the source's copy (its rows
-    are copied once). ``views`` ({key: the key whose file it is a view of}, ``Dataset.views``): such
-    a key's next-step source becomes a reshaped view of the other's copy instead of a second copy
-    of the same file (the state of a 10M-transition, 3-agent dataset: 2.2 GB of device memory)."""
-    own_next = {own: nxt for nxt, own in schema.NEXT_STEP_OF.items()}
-    derived = {own_next.get(key): own_next.get(of) for key, of in (views or {}).items()}
-    derived = {key: of for key, of in derived.items() if key in next_sources and of in next_sources}
-    sources = {key: source.to(device) for key, source in next_sources.items() if key not in derived}
-    for key, of in derived.items():
-        sources[key] = sources[of].reshape(next_sources[key].shape)
-    views = {}
-    for key, source in next_sources.items():
-        own = schema.NEXT_STEP_OF.get(key)
-        if own is not None and own in transitions.keys(True, True) and \
-                transitions.get(own).data_ptr() == next_sources[key].data_ptr():
-            views[own] = sources[key][:len(transitions)]
-    moved = transitions.exclude(*views).to(device) if views else transitions.to(device)
-    for key, view in views.items():
-        moved.set(key, view)
-    return moved, sources, next_steps.to(device) if next_steps is not None else None
+def _on_device(transitions, next_sources: dict, next_steps, device):
+    """The per-row arrays, next-step sources and next steps copied to ``device``, each stored file
+    once: an array over storage already copied (the first T rows of a next-step source, or a state
+    that maps the observation file again as its view) becomes a view of that copy. The sources,
+    whole files, are copied first."""
+    copies = {}  # storage (a file, or an in-memory allocation) -> its device copy
+
+    def move(array: torch.Tensor) -> torch.Tensor:
+        storage = getattr(array, "filename", None) or array.untyped_storage().data_ptr()
+        copy = copies.get(storage)
+        if copy is not None and copy.dtype == array.dtype and array.storage_offset() == 0 \
+                and array.is_contiguous() and array.numel() <= copy.numel():
+            return copy.view(-1)[:array.numel()].view(array.shape)
+        moved = array.to(device)
+        if array.storage_offset() == 0 and array.is_contiguous():
+            copies.setdefault(storage, moved)
+        return moved
+
+    sources = {key: move(source) for key, source in next_sources.items()}
+    return transitions.apply(move, device=device), sources, next_steps.to(device) if next_steps is not None else None
 
 
 _WARMING_LOCK = threading.Lock()  # module-level: a datamodule is pickled for DDP spawn
@@ -313,8 +311,7 @@ class OfflineDataModule(LightningDataModule):
         storage_device = "cpu"
         if self.device == "accelerator" and self.trainer is not None:
             storage_device = self.trainer.strategy.root_device
-            transitions, next_sources, next_steps = _on_device(transitions, next_sources, next_steps, storage_device,
-                                                               getattr(dataset, "views", None))
+            transitions, next_sources, next_steps = _on_device(transitions, next_sources, next_steps, storage_device)
         self._storage_device = storage_device
         if storage_device == "cpu" and should_warm(self.warm_page_cache, dataset.stored):
             self.page_cache = PageCacheWarmer(dataset.stored)

@@ -82,7 +82,6 @@ class Dataset:
         self.stored = stored if stored is not None else transitions
         self._gather = RowGather(self.arrays, self.next_sources, self.next_steps)
         self._gathers: dict = {}  # RowGathers of the key subsets that rows(index, keys) was asked for
-        self.views: dict = {}  # {key: the key whose file it is a view of} (metadata.json's views)
         self._transitions = None if self.next_sources else transitions
 
     @property
@@ -113,7 +112,8 @@ class Dataset:
             return self._gather(index)
         keys = tuple(dict.fromkeys(keys))
         if keys not in self._gathers:
-            own = [key for key in keys if key in set(self.arrays.keys(True, True))]
+            per_row = set(self.arrays.keys(True, True))
+            own = [key for key in keys if key in per_row]
             sources = {key: self.next_sources[key] for key in keys if key in self.next_sources and key not in own}
             self._gathers[keys] = RowGather(self.arrays.select(*own), sources, self.next_steps if sources else None)
         return self._gathers[keys](index)
@@ -421,7 +421,6 @@ def load_dataset(path, verify: str = "auto") -> Dataset:
         arrays.set(_key(name), array[:n])
     next_sources = {_key(nxt): full[own] for nxt, own in stored_in.items()}
     dataset = Dataset(path, arrays, meta, next_sources=next_sources, next_steps=next_steps, stored=stored)
-    dataset.views = {_key(name): _key(view["of"]) for name, view in (meta.get("views") or {}).items()}
     if verify != "never":
         validate_dataset(dataset, spec, where=str(path))
     return dataset
