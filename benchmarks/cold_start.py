@@ -3,8 +3,9 @@
 Each measurement is a fresh process (what a user starts), on the synthetic dataset of
 ``benchmarks/sampling.py`` (built there if missing; 10M transitions, 2.6 GB), or on each of
 ``--datasets`` (their runs alternated with the others, e.g. the same data in another layout),
-with each ``--prefetch`` value (``data.prefetch``: batches fetched ahead by background threads;
-default 0, inline). The process drops the
+with each ``--warm-page-cache`` value (``data.warm_page_cache``: the files read in, in order,
+before the first batch) and each ``--prefetch`` value (``data.prefetch``: batches fetched ahead by
+background threads; default 0, inline). The process drops the
 dataset's pages (``posix_fadvise(DONTNEED)``, or keeps them: ``warm``), maps the files and runs the
 real training loop (the datamodule's batch stream, 8 batches at a time as ``fit`` takes them,
 feeding OMIGA's ``train_step``). Every --window steps it runs 250 steps on pre-sampled batches;
@@ -20,10 +21,11 @@ project, a first touch of every page by the CPU that costs microseconds per page
 grows. Issue #8 asks for sampling under 5 % of a step, also cold.
 
 Run:
-    python benchmarks/cold_start.py                              # 10M transitions, 20000 steps, 3 rounds
+    python benchmarks/cold_start.py                    # 10M transitions, 20000 steps, 3 rounds: cold and warm,
+                                                       # each with and without data.warm_page_cache (~35 min)
     python benchmarks/cold_start.py --transitions 100000 --steps 2000 --window 500 --rounds 1
-    python benchmarks/cold_start.py --variants cold warm --datasets DIR_A DIR_B
-    python benchmarks/cold_start.py --variants cold warm --prefetch 0 2   # also with 2 batches fetched ahead
+    python benchmarks/cold_start.py --warm-page-cache false --datasets DIR_A DIR_B
+    python benchmarks/cold_start.py --variants cold --warm-page-cache false --prefetch 0 2   # also 2 batches fetched ahead
 """
 
 from __future__ import annotations
@@ -45,14 +47,11 @@ import torch  # noqa: E402
 
 from lightning_marl.data.dataset import read_metadata  # noqa: E402
 
-VARIANTS = {
-    "cold": ("cold", "false"),
-    "cold, warm_page_cache": ("cold", "true"),
-    "warm": ("warm", "false"),
-}
+VARIANTS = ("cold", "warm")  # the page cache when the process starts
 
 
-def child(path: Path, variant: str, steps: int, window: int, batch: int, prefetch: int = 0) -> dict:
+def child(path: Path, cache: str, steps: int, window: int, batch: int, prefetch: int = 0,
+          warm_page_cache: str = "false") -> dict:
     from lightning_marl.algorithms.omiga import OMIGA
     from lightning_marl.data.datamodule import OfflineDataModule, _BatchStream
     from lightning_marl.data.dataset import load_dataset
@@ -60,7 +59,6 @@ def child(path: Path, variant: str, steps: int, window: int, batch: int, prefetc
     from lightning_marl.malloc import tune_malloc
 
     tune_malloc()  # as fit does
-    cache, warm_page_cache = VARIANTS[variant]
     spec = TaskSpec(n_agents=sampling.AGENTS, obs_dim=sampling.OBS, state_dim=sampling.AGENTS * sampling.OBS,
                     discrete=False, action_dim=sampling.ACTION)
     torch.manual_seed(0)
@@ -104,7 +102,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--window", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="the page cache at the start: cold (the dataset's pages dropped) or warm")
+    parser.add_argument("--warm-page-cache", nargs="+", default=["false", "true"], choices=("false", "true", "auto"),
+                        help="data.warm_page_cache values to run each variant with")
     parser.add_argument("--datasets", nargs="+", type=Path,
                         help="datasets to run on (default: the built one); the rows of the table name them")
     parser.add_argument("--prefetch", type=int, nargs="+", default=[0],
@@ -114,27 +115,30 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child_dataset, args.child, args.steps, args.window, args.batch,
-                               args.prefetch[0])))
+                               args.prefetch[0], args.warm_page_cache[0])))
         return
     paths = args.datasets or [Path(args.dir) / f"navigation_like_{args.transitions}"]
     for path in paths:
         if not path.exists():
             print(f"building {path} ({args.transitions:,} transitions) ...", flush=True)
             sampling.build(path, args.transitions)
-    runs = [(path, variant, prefetch) for path in paths for variant in args.variants for prefetch in args.prefetch]
-    label = {run: run[1] + (f", prefetch {run[2]}" if args.prefetch != [0] else "")
+    runs = [(path, variant, warmer, prefetch) for path in paths for variant in args.variants
+            for warmer in args.warm_page_cache for prefetch in args.prefetch]
+    label = {run: run[1] + (f", warm_page_cache={run[2]}" if args.warm_page_cache != ["false"] else "")
+             + (f", prefetch {run[3]}" if args.prefetch != [0] else "")
              + (f", {run[0].name}" if len(paths) > 1 else "") for run in runs}
     results = {label[run]: [] for run in runs}
     for round_ in range(args.rounds):
-        for path, variant, prefetch in runs if round_ % 2 == 0 else runs[::-1]:
+        for run in runs if round_ % 2 == 0 else runs[::-1]:
+            path, variant, warmer, prefetch = run
             command = [sys.executable, __file__, "--child", variant, "--child-dataset", str(path),
                        "--batch", str(args.batch), "--steps", str(args.steps), "--window", str(args.window),
-                       "--prefetch", str(prefetch)]
+                       "--prefetch", str(prefetch), "--warm-page-cache", warmer]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             result = json.loads(output.strip().splitlines()[-1])
-            results[label[path, variant, prefetch]].append(result)
+            results[label[run]].append(result)
             total = sum(extra for _, extra, _ in result["extras"])
-            print(f"round {round_ + 1}, {label[path, variant, prefetch]}: {total:.2f} s extra over {args.steps} steps"
+            print(f"round {round_ + 1}, {label[run]}: {total:.2f} s extra over {args.steps} steps"
                   + (f" (warm-up {result['warmer_seconds']:.1f} s)" if result["warmer_seconds"] else ""), flush=True)
 
     marks = [m for m in (1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000) if args.window <= m <= args.steps] or [args.steps]
@@ -146,10 +150,10 @@ def main() -> None:
     print("| page cache | warm-up (s) | " + " | ".join(f"extra s, first {m}" for m in marks)
           + f" | share of the first {marks[-1]} steps | share of the last half |")
     print("|---|---|" + "---|" * len(marks) + "---|---|")
-    for variant, runs in results.items():
+    for name, measured in results.items():
         cumulative = {m: [] for m in marks}
         shares, late = [], []
-        for run in runs:
+        for run in measured:
             extra, base, late_extra, late_base, pending, began = 0.0, 0.0, 0.0, 0.0, list(marks), 0
             for done, window_extra, window_base in run["extras"]:
                 extra += window_extra
@@ -161,8 +165,8 @@ def main() -> None:
                     cumulative[pending.pop(0)].append(extra)
             shares.append(extra / (base + extra))
             late.append(late_extra / (late_base + late_extra) if late_base else float("nan"))
-        warm_up = [run["warmer_seconds"] for run in runs if run["warmer_seconds"]]
-        print(f"| {variant} | {statistics.median(warm_up):.1f} | " if warm_up else f"| {variant} | - | ", end="")
+        warm_up = [run["warmer_seconds"] for run in measured if run["warmer_seconds"]]
+        print(f"| {name} | {statistics.median(warm_up):.1f} | " if warm_up else f"| {name} | - | ", end="")
         print(" | ".join(f"{statistics.median(cumulative[m]):.2f}" for m in marks)
               + f" | {statistics.median(shares):.1%} | {statistics.median(late):.1%} |")
 

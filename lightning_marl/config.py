@@ -55,7 +55,7 @@ class DataConfig:
     verify: str = "auto"
     device: str = "cpu"
     prefetch: int = 0  # batches fetched ahead by background threads (0: inline); for slow storage (see docs/performance.md)
-    warm_page_cache: Any = "false"  # read the dataset in, in file order, before the first batch: true, false, auto (if it fits in half the free memory)
+    warm_page_cache: Any = "auto"  # read the dataset in, in file order, before the first batch: true, false, auto (if it fits in half the free memory)
 
 
 ENV_FROM_DATASET = "dataset"

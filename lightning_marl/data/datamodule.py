@@ -264,7 +264,7 @@ class OfflineDataModule(LightningDataModule):
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, device: str = "cpu", prefetch: int = 0,
                  slice_len: int | None = None, prepare=None, iterations_per_batch: int = 1,
-                 warm_page_cache: str = "false"):
+                 warm_page_cache: str = "auto"):
         super().__init__()
         self.warm_page_cache = warm_page_cache_choice(warm_page_cache)
         self.page_cache: PageCacheWarmer | None = None

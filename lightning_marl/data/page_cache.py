@@ -10,15 +10,17 @@ slow (0.46 ms, 0.18 ms at batches 4000-8000; warm 0.09). So the warmer reads one
 the mapping, in file order (the kernel's readahead then reads big sequential chunks), and the
 datamodule waits for it before the first batch. After it, batches cost what they cost warm.
 
-On the project's virtual machines this moves the cost rather than removing it, and the first
-touches cost what the machine's memory did before: the same warm-up took 3.7-4.3 s (1.2-1.6 s of
-CPU) right after runs that had read the files in order, and 8.4-11 s (6.9-8.0 s of CPU) right
-after runs that had sampled them cold. These guests report freed memory to the host
-(virtio-balloon free page reporting, in 2 MB blocks), which fits: memory freed by dropping the
-page cache is backed by the host again only when next touched (not established further). Over the first 20,000 steps of fresh processes (``benchmarks/cold_start.py``)
-it made no difference (14.3 s of extra time with and without, medians of 3), so it is off by
-default; it is meant for storage where random reads are slow and in-order ones are not (disks,
-network file systems) and for machines without that host cost.
+On the project's virtual machines the first touches cost what the machine's memory did before:
+the warm-up of 9 GB took 3.7-4.3 s (1.2-1.6 s of CPU) right after runs that had read the files
+in order, and 8.4-11 s (6.9-8.0 s of CPU) right after runs that had sampled them cold. These
+guests report freed memory to the host (virtio-balloon free page reporting, negotiated by their
+balloon device), which fits: memory freed by dropping the page cache is backed by the host
+again only when next touched (not established further). At 9 GB the warm-up made no difference
+over the first 20,000 steps of fresh processes (14.3 s of extra time with and without, medians
+of 3). At 2.6 GB (the same 10M transitions with next-step fields stored once and the state a
+view of the observations) it reads in 1.1-1.6 s and halved a cold start's extra time (5.8 s
+against 11.1 s, medians of 6 runs, ``benchmarks/cold_start.py``) while costing a warm start
+nothing measurable, so ``auto`` is the default.
 
 Nothing changes what is sampled: the warmer only reads. ``auto`` warms a dataset that fits in
 half the memory available (a larger one would evict its own pages); an accelerator copy of the

@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 
+from lightning_marl.config import load_config
 from lightning_marl.data import page_cache
 from lightning_marl.data.datamodule import OfflineDataModule
 from lightning_marl.data.dataset import load_dataset
@@ -88,6 +89,18 @@ def test_auto_warms_what_fits_in_half_the_available_memory(continuous_dataset, m
     assert not should_warm("auto", transitions.apply(lambda x: x.clone()))  # in RAM: nothing to warm
     with pytest.raises(ConfigError, match="must be auto, true or false, found 'yes please'"):
         warm_page_cache_choice("yes please")
+
+
+def test_by_default_a_dataset_that_fits_in_half_the_available_memory_is_read_in(continuous_dataset, monkeypatch):
+    assert load_config(None).data.warm_page_cache == "auto"  # what fit passes to the datamodule
+    transitions = load_dataset(continuous_dataset.path, verify="never").stored
+    total = sum(a.numel() * a.element_size() for a in mapped_arrays(transitions))
+    for available, warmed in ((2 * total, True), (2 * total - 2, False)):
+        monkeypatch.setattr(page_cache, "memory_available", lambda: available)
+        dm = OfflineDataModule(load_dataset(continuous_dataset.path, verify="never"), 16)
+        dm.setup()
+        assert (dm.page_cache is not None) is warmed, available
+        dm.teardown()
 
 
 def test_the_datamodule_warms_on_setup_stops_on_teardown_and_samples_the_same(continuous_dataset):
