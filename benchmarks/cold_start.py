@@ -138,7 +138,9 @@ def main() -> None:
             result = json.loads(output.strip().splitlines()[-1])
             results[label[run]].append(result)
             total = sum(extra for _, extra, _ in result["extras"])
-            print(f"round {round_ + 1}, {label[run]}: {total:.2f} s extra over {args.steps} steps"
+            base = sum(expected for _, _, expected in result["extras"])
+            print(f"round {round_ + 1}, {label[run]}: {total:.2f} s extra over {args.steps} steps, "
+                  f"{total / (base + total):.1%} of their time"
                   + (f" (warm-up {result['warmer_seconds']:.1f} s)" if result["warmer_seconds"] else ""), flush=True)
 
     marks = [m for m in (1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000) if args.window <= m <= args.steps] or [args.steps]

@@ -18,8 +18,8 @@ balloon device), which fits: memory freed by dropping the page cache is backed b
 again only when next touched (not established further). At 9 GB the warm-up made no difference
 over the first 20,000 steps of fresh processes (14.3 s of extra time with and without, medians
 of 3). At 2.6 GB (the same 10M transitions with next-step fields stored once and the state a
-view of the observations) it reads in 1.1-1.6 s and halved a cold start's extra time (5.8 s
-against 11.1 s, medians of 6 runs, ``benchmarks/cold_start.py``) while costing a warm start
+view of the observations) it reads in 1.0-3.5 s and halved a cold start's extra time (5.8 s
+against 10.6 s, medians of 10 runs, ``benchmarks/cold_start.py``) while costing a warm start
 nothing measurable, so ``auto`` is the default.
 
 Nothing changes what is sampled: the warmer only reads. ``auto`` warms a dataset that fits in
