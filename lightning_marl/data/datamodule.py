@@ -253,8 +253,9 @@ class OfflineDataModule(LightningDataModule):
     consecutive iterations' batches (the module runs them in one ``training_step``: Lightning's
     per-batch work, ~0.3 ms on the project's CPUs, is paid once per list); a list ends at every
     multiple of the periods the module and the callbacks declare (``iteration_periods``).
-    ``warm_page_cache`` (``true``, ``auto``: when it fits in half the available memory) reads the
-    dataset in, in file order, before the first batch (``page_cache.PageCacheWarmer``).
+    ``warm_page_cache`` (``auto``, the default: when it fits in half the available memory;
+    ``true``: always) reads the dataset in, in file order, before the first batch
+    (``page_cache.PageCacheWarmer``).
 
     Example:
         >>> dm = OfflineDataModule(load_dataset("path"), batch_size=128)  # doctest: +SKIP
