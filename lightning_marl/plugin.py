@@ -139,8 +139,7 @@ class TrainingRows:
     def rows(self, index: torch.Tensor, keys) -> TensorDictBase:
         """Rows ``index`` with those of ``keys`` that the data has."""
         if isinstance(self.source, TensorDictBase):
-            present = set(self.source.keys(True, True))
-            return self.source.select(*[key for key in keys if key in present])[index]
+            return transitions_of(self.source, keys)[index]
         return self.source.rows(index, keys)
 
 
